@@ -1,0 +1,122 @@
+"""`sftrl demo`: a real SFT of the toy model on the toy task with the callbacks, offline, on a CPU."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .sampling import HFSampler, SamplingParams
+from .sinks import is_wandb_available
+from .toy import build_model, build_tokenizer, final_answer, make_splits
+
+
+@dataclass
+class DemoResult:
+    output_dir: str
+    wall_time_s: float
+    train_time_s: float
+    greedy_accuracy: dict[str, float]
+    heldout_losses: list[tuple[int, float]]
+    metrics_path: str
+    wandb_dir: str | None
+    trainer: object
+
+
+def toy_sft_config(output_dir: str, max_steps: int, report_to: list[str], seed: int = 0, **overrides):
+    """SFTConfig for the toy world on a CPU: fp32, no gradient checkpointing (TRL defaults to both on)."""
+    from trl import SFTConfig
+
+    values = dict(
+        output_dir=output_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=32,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=20,
+        weight_decay=0.0,
+        logging_steps=25,
+        save_steps=max(1, max_steps // 4),
+        save_total_limit=None,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        max_length=128,
+        report_to=report_to,
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return SFTConfig(**values)
+
+
+def greedy_accuracy(model, tokenizer, problems, by_steps: bool = True) -> dict[str, float]:
+    """Share of problems whose greedy completion ends with the right `#### answer`, overall and per step count."""
+    params = SamplingParams(max_new_tokens=64, temperature=0.0)
+    completions = HFSampler(show_progress=False).sample(model, tokenizer, list(problems["prompt"]), 1, params)
+    correct = [final_answer(c[0].text) == a for c, a in zip(completions, problems["answer"])]
+    out = {"all": sum(correct) / len(correct)}
+    if by_steps:
+        for k in sorted(set(problems["steps"])):
+            hits = [ok for ok, s in zip(correct, problems["steps"]) if s == k]
+            out[f"{k}-step"] = sum(hits) / len(hits)
+    return out
+
+
+def run_demo(
+    output_dir: str = "sftrl_demo",
+    max_steps: int = 400,
+    seed: int = 0,
+    callbacks=None,
+    show_progress: bool = True,
+) -> DemoResult:
+    """Train the toy model with the sftrl callbacks and return what happened."""
+    import torch
+    from trl import SFTTrainer
+
+    from .callbacks import HeldOutLossCallback
+
+    start = time.time()
+    report_to: list[str] = []
+    wandb_dir = None
+    if is_wandb_available():
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", output_dir)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
+        wandb_dir = os.environ["WANDB_DIR"]
+        report_to = ["wandb"]
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, seed=seed)
+    splits = make_splits(n_train=20_000, n_heldout_sft=256, n_heldout_problems=96, seed=seed)
+    if callbacks is None:
+        callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=max(1, max_steps // 10))]
+    args = toy_sft_config(output_dir, max_steps, report_to, seed=seed, disable_tqdm=not show_progress)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=callbacks
+    )
+    train_start = time.time()
+    trainer.train()
+    train_time = time.time() - train_start
+    if report_to:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    accuracy = greedy_accuracy(trainer.model, tokenizer, splits.heldout_problems)
+    torch.set_grad_enabled(True)
+    losses = [
+        (h["step"], h["sftrl/heldout/mixed/loss"]) for h in trainer.state.log_history if "sftrl/heldout/mixed/loss" in h
+    ]
+    return DemoResult(
+        output_dir=output_dir,
+        wall_time_s=time.time() - start,
+        train_time_s=train_time,
+        greedy_accuracy=accuracy,
+        heldout_losses=losses,
+        metrics_path=os.path.join(output_dir, "sftrl", "metrics.jsonl"),
+        wandb_dir=wandb_dir,
+        trainer=trainer,
+    )

@@ -1,0 +1,180 @@
+"""Held-out loss of a model on a prepared set: torch, no trainer.
+
+The value is the token-weighted mean negative log-likelihood over every scored token of the whole
+set: sum of per-token NLL / number of scored tokens. It is not a mean of per-batch means, so it does
+not depend on the batch size or on how examples are grouped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+FORMATS = "prompt/completion, messages, plain text (`text`), or pre-tokenized input_ids[/labels]"
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass(frozen=True)
+class LossResult:
+    loss: float
+    n_tokens: int
+    n_examples: int
+
+
+def check_columns(dataset: Dataset, name: str = "held-out", text_field: str = "text") -> None:
+    """Raise early when a dataset is empty or in none of the formats SFTTrainer accepts."""
+    if len(dataset) == 0:
+        raise ValueError(f"The {name} dataset is empty: give it at least one example.")
+    cols = set(dataset.column_names)
+    if not ({"input_ids"} <= cols or {"prompt", "completion"} <= cols or "messages" in cols or text_field in cols):
+        raise ValueError(f"The {name} dataset has columns {sorted(cols)}; expected {FORMATS}.")
+
+
+def _is_conversational(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list, **kwargs) -> dict:
+    return dict(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs))
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prepare_examples(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int | None = 1024,
+    completion_only_loss: bool | None = None,
+    assistant_only_loss: bool = False,
+    dataset_text_field: str = "text",
+    truncation_mode: str = "keep_start",
+    name: str = "held-out",
+) -> list[Example]:
+    """Tokenize and mask a dataset as TRL's SFTTrainer does for training.
+
+    - prompt/completion: loss on the completion only unless `completion_only_loss=False`; EOS is
+      appended to a non-conversational completion.
+    - messages: the whole conversation, or assistant tokens only with `assistant_only_loss=True`.
+    - text: the whole text with EOS appended.
+    - input_ids (+ labels): used as given.
+    Then truncation to `max_length` and removal of examples with no scored token.
+    """
+    check_columns(dataset, name, dataset_text_field)
+    cols = set(dataset.column_names)
+    if completion_only_loss is None:
+        completion_only_loss = {"prompt", "completion"} <= cols
+    eos = tokenizer.eos_token or ""
+    examples = []
+    for row in dataset:
+        if "input_ids" in row:
+            ids = list(row["input_ids"])
+            labels = list(row["labels"]) if row.get("labels") is not None else list(ids)
+        elif "prompt" in row and "completion" in row:
+            if _is_conversational(row["prompt"]):
+                prompt_ids = _chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)["input_ids"]
+                full = _chat_ids(
+                    tokenizer, row["prompt"] + row["completion"], return_assistant_tokens_mask=assistant_only_loss
+                )
+            else:
+                completion = row["completion"] if row["completion"].endswith(eos) else row["completion"] + eos
+                prompt_ids = tokenizer(row["prompt"])["input_ids"]
+                full = dict(tokenizer(row["prompt"] + completion))
+            ids = full["input_ids"]
+            keep = [1] * len(ids)
+            if completion_only_loss:
+                start = _common_prefix(prompt_ids, ids)
+                keep = [0] * start + [1] * (len(ids) - start)
+            if "assistant_masks" in full:
+                keep = [k & m for k, m in zip(keep, full["assistant_masks"])]
+            labels = [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
+        elif "messages" in row:
+            full = _chat_ids(tokenizer, row["messages"], return_assistant_tokens_mask=assistant_only_loss)
+            ids = full["input_ids"]
+            mask = full.get("assistant_masks", [1] * len(ids))
+            labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
+        else:
+            text = row[dataset_text_field]
+            text = text if text.endswith(eos) else text + eos
+            ids = tokenizer(text)["input_ids"]
+            labels = list(ids)
+        if max_length is not None:
+            cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+            ids, labels = ids[cut], labels[cut]
+        if any(t != IGNORE_INDEX for t in labels[1:]):
+            examples.append(Example(list(ids), list(labels)))
+    if not examples:
+        raise ValueError(f"No example of the {name} dataset has a token to score after masking and truncation.")
+    return examples
+
+
+def examples_from_trainer_args(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: object, name: str):
+    """`prepare_examples` with the masking options read from an `SFTConfig` (or defaults for other args)."""
+    return prepare_examples(
+        dataset,
+        tokenizer,
+        max_length=getattr(args, "max_length", 1024),
+        completion_only_loss=getattr(args, "completion_only_loss", None),
+        assistant_only_loss=getattr(args, "assistant_only_loss", False),
+        dataset_text_field=getattr(args, "dataset_text_field", "text"),
+        truncation_mode=getattr(args, "truncation_mode", "keep_start"),
+        name=name,
+    )
+
+
+@torch.inference_mode()
+def heldout_loss(
+    model: PreTrainedModel, examples: Sequence[Example], batch_size: int = 32, pad_token_id: int = 0
+) -> LossResult:
+    """Token-weighted mean NLL of `model` over all scored tokens of `examples` (see module doc)."""
+    if not examples:
+        raise ValueError("heldout_loss needs at least one example.")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    # Length-sorted batches waste less compute on padding; the sum makes order irrelevant.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start : start + batch_size]]
+            width = max(len(e.input_ids) for e in batch)
+            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, e in enumerate(batch):
+                n = len(e.input_ids)
+                ids[row, :n] = torch.tensor(e.input_ids)
+                labels[row, :n] = torch.tensor(e.labels)
+                mask[row, :n] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            targets = labels[:, 1:].to(device)
+            nll = F.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total_nll += nll.item()
+            total_tokens += int((targets != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples))

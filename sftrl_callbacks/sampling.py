@@ -1,0 +1,254 @@
+"""Sampling completions: the `Sampler` protocol and the Hugging Face backend.
+
+`HFSampler` is a hand-written decode loop rather than `model.generate`, because large-k sampling
+is dominated by waste that `generate` cannot avoid on a mixed batch:
+- each prompt is prefilled once and its KV cache repeated for its n samples;
+- finished sequences (EOS or a stop string) leave the batch at once instead of decoding padding;
+- prompts of many problems share one batch, so small models keep the matrix units busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. temperature 0 means greedy decoding."""
+
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per completion."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off)."})
+    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
+    stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "Stop a completion at any of these."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampler's own generator."})
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1.")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0 (0 = greedy).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1].")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int
+    truncated: bool  # hit max_new_tokens before EOS or a stop string
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    def sample(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str | list],
+        n: int | Sequence[int],
+        params: SamplingParams,
+    ) -> list[list[Completion]]:
+        """`n` completions (or `n[i]` for prompt i) for each prompt, in prompt order."""
+        ...
+
+
+@contextlib.contextmanager
+def inference_state(model: PreTrainedModel) -> Iterator[None]:
+    """Eval mode with the KV cache on; restores train mode and `use_cache` afterwards.
+
+    Gradient checkpointing only acts in train mode, so eval mode is enough to sample with it on.
+    """
+    was_training = model.training
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.eval()
+    if config is not None:
+        config.use_cache = True
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+        if config is not None:
+            config.use_cache = use_cache
+
+
+def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list]) -> list[str]:
+    """Plain prompts as they are; conversations through the chat template with a generation prompt."""
+    return [
+        p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def _pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / params.temperature
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > params.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class HFSampler:
+    """Batched sampling with plain PyTorch on any Hugging Face causal LM that supports `DynamicCache`.
+
+    `max_batch_rows` bounds the sequences decoded together (memory); prompts are grouped so that a
+    group's samples fit in it.
+    """
+
+    def __init__(self, max_batch_rows: int = 1024, show_progress: bool | None = None) -> None:
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be >= 1.")
+        self.max_batch_rows = max_batch_rows
+        self.show_progress = show_progress
+
+    def sample(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: Sequence[str | list],
+        n: int | Sequence[int],
+        params: SamplingParams,
+    ) -> list[list[Completion]]:
+        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
+        if len(counts) != len(prompts):
+            raise ValueError("n must be an int or have one count per prompt.")
+        if any(c < 0 for c in counts):
+            raise ValueError("Sample counts must be >= 0.")
+        texts = render_prompts(tokenizer, prompts)
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+        results: list[list[Completion]] = [[] for _ in prompts]
+        groups = list(self._groups(counts))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(counts), desc="sampling", unit="seq", disable=self._progress_disabled(), leave=False)
+        with inference_state(model):
+            for group in groups:
+                out = self._decode(
+                    model, tokenizer, [texts[i] for i in group], [counts[i] for i in group], params, generator, device
+                )
+                for i, completions in zip(group, out):
+                    results[i].extend(completions)
+                    bar.update(len(completions))
+        bar.close()
+        return results
+
+    def _progress_disabled(self) -> bool | None:
+        return None if self.show_progress is None else not self.show_progress
+
+    def _groups(self, counts: Sequence[int]) -> Iterator[list[int]]:
+        group, rows = [], 0
+        for i, c in enumerate(counts):
+            if c == 0:
+                continue
+            if group and rows + c > self.max_batch_rows:
+                yield group
+                group, rows = [], 0
+            group.append(i)
+            rows += c
+        if group:
+            yield group
+
+    def _decode(self, model, tokenizer, prompts, counts, params, generator, device) -> list[list[Completion]]:
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            enc = tokenizer(prompts, padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
+        ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        cache_arg = _cache_argument(model)
+        logits = model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **{cache_arg: cache}
+        ).logits[:, -1]
+        # One prefill per prompt, then its cache is repeated for its samples.
+        rows = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(counts, device=device))
+        cache.batch_select_indices(rows)
+        logits, attention = logits[rows], attention[rows]
+        next_position = positions[rows, -1] + 1
+        owner = rows.tolist()  # prompt index of each live row
+        slot = list(range(len(owner)))  # output slot of each live row
+        generated: list[list[int]] = [[] for _ in owner]
+        done = [False] * len(owner)
+        eos = _eos_ids(model, tokenizer)
+        stop_window = max((len(s) for s in params.stop_strings), default=0) + 8
+
+        for _ in range(params.max_new_tokens):
+            tokens = _pick_tokens(logits, params, generator)
+            token_list = tokens.tolist()
+            finished = []
+            for r, tok in enumerate(token_list):
+                s = slot[r]
+                if tok in eos:
+                    done[s] = True
+                    finished.append(r)
+                    continue
+                generated[s].append(tok)
+                if params.stop_strings:
+                    tail = tokenizer.decode(generated[s][-stop_window:])
+                    if any(stop in tail for stop in params.stop_strings):
+                        done[s] = True
+                        finished.append(r)
+            if len(finished) == len(slot):
+                break
+            if finished:  # drop finished rows from the batch
+                gone = set(finished)
+                keep = [r for r in range(len(slot)) if r not in gone]
+                keep_t = torch.tensor(keep, device=device)
+                cache.batch_select_indices(keep_t)
+                tokens, attention, next_position = tokens[keep_t], attention[keep_t], next_position[keep_t]
+                slot = [slot[r] for r in keep]
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+            logits = model(
+                input_ids=tokens[:, None],
+                attention_mask=attention,
+                position_ids=next_position[:, None],
+                use_cache=True,
+                **{cache_arg: cache},
+            ).logits[:, -1]
+            next_position = next_position + 1
+
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for s, prompt_index in enumerate(owner):
+            text = tokenizer.decode(generated[s], skip_special_tokens=True)
+            for stop in params.stop_strings:
+                cut = text.find(stop)
+                if cut >= 0:
+                    text = text[: cut + len(stop)]
+            out[prompt_index].append(Completion(text=text, n_tokens=len(generated[s]), truncated=not done[s]))
+        return out
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return set(ids)

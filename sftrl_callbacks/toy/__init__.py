@@ -1,0 +1,30 @@
+"""The embedded toy world: a tiny causal LM, a character tokenizer and a step-by-step arithmetic task.
+
+It runs a real SFT on a laptop CPU in a minute or two, so the demo and the tests train for real.
+"""
+
+from .model import build_model
+from .task import (
+    ArithmeticTask,
+    Problem,
+    ToySplits,
+    final_answer,
+    make_splits,
+    problem_from_row,
+    steps_are_correct,
+    to_dataset,
+)
+from .tokenizer import build_tokenizer
+
+__all__ = [
+    "ArithmeticTask",
+    "Problem",
+    "ToySplits",
+    "build_model",
+    "build_tokenizer",
+    "final_answer",
+    "make_splits",
+    "problem_from_row",
+    "steps_are_correct",
+    "to_dataset",
+]

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from sftrl_callbacks.toy import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def splits():
+    from sftrl_callbacks.toy import make_splits
+
+    return make_splits(n_train=4000, n_heldout_sft=48, n_heldout_problems=24, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained(tokenizer, splits, tmp_path_factory):
+    """A toy model after 150 real SFT steps (shared by tests that need a model that has learnt a little)."""
+    from trl import SFTTrainer
+
+    from sftrl_callbacks.demo import toy_sft_config
+    from sftrl_callbacks.toy import build_model
+
+    out = tmp_path_factory.mktemp("trained")
+    model = build_model(tokenizer, seed=0)
+    args = toy_sft_config(str(out), 150, [], save_strategy="no", learning_rate=3e-3)
+    SFTTrainer(model=model, args=args, train_dataset=splits.train, processing_class=tokenizer).train()
+    return model
+
+
+def make_trainer(tmp_path, tokenizer, train, callbacks, max_steps=30, report_to=(), eval_dataset=None, **overrides):
+    from trl import SFTTrainer
+
+    from sftrl_callbacks.demo import toy_sft_config
+    from sftrl_callbacks.toy import build_model
+
+    model = build_model(tokenizer, seed=0)
+    overrides.setdefault("logging_steps", 5)
+    overrides.setdefault("save_steps", 15)
+    args = toy_sft_config(str(tmp_path / "out"), max_steps, list(report_to), **overrides)
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

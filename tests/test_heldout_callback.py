@@ -1,0 +1,126 @@
+import logging
+import math
+import os
+
+import pytest
+from datasets import Dataset
+
+from sftrl_callbacks import HeldOutLossCallback, HeldOutLossConfig
+from sftrl_callbacks.heldout import heldout_loss, prepare_examples
+from sftrl_callbacks.sinks import read_jsonl
+
+from . import wandb_offline
+from .conftest import make_trainer
+
+
+def _losses(records, name="sftrl/heldout/mixed/loss"):
+    return {r["step"]: r["value"] for r in records if r["name"] == name}
+
+
+def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cb = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=30, report_to=["wandb"], save_steps=15)
+    trainer.train()
+    import wandb
+
+    wandb.finish()
+
+    records = read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")
+    jsonl = _losses(records)
+    # every 10 steps, plus the saves at 15 and 30 (the end)
+    assert sorted(jsonl) == [10, 15, 20, 30]
+    assert all(r["dataset"] == "mixed" and r["n_tokens"] > 0 for r in records)
+
+    logged = {
+        h["step"]: h["sftrl/heldout/mixed/loss"] for h in trainer.state.log_history if "sftrl/heldout/mixed/loss" in h
+    }
+    assert logged == jsonl
+
+    history = wandb_offline.history(wandb_offline.run_file(str(tmp_path)))
+    in_wandb = {
+        r["train/global_step"]: r["sftrl/heldout/mixed/loss"] for r in history if "sftrl/heldout/mixed/loss" in r
+    }
+    assert in_wandb == pytest.approx(jsonl, abs=1e-12)
+    # The trainer's own W&B callback must not duplicate them under train/...
+    assert not any(k.startswith("train/sftrl") for r in history for k in r)
+
+    # The last value is the final model's loss, computed independently here.
+    final = heldout_loss(trainer.model, prepare_examples(splits.heldout_sft, tokenizer)).loss
+    assert math.isclose(jsonl[30], final, abs_tol=1e-4)
+    mins = _losses(records, "sftrl/heldout/mixed/loss_min")
+    assert mins[30] == min(jsonl.values())
+    assert "sftrl/heldout/mixed/gap" in {r["name"] for r in records}
+
+
+def test_works_without_wandb_and_with_eval_strategy(tmp_path, tokenizer, splits):
+    cb = HeldOutLossCallback(splits.heldout_sft, every_n_steps=0)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        splits.train,
+        [cb],
+        max_steps=20,
+        eval_dataset=splits.heldout_sft,
+        eval_strategy="steps",
+        eval_steps=10,
+        save_steps=10,
+        per_device_eval_batch_size=512,
+    )
+    trainer.train()
+    ours = {
+        h["step"]: h["sftrl/heldout/heldout/loss"]
+        for h in trainer.state.log_history
+        if "sftrl/heldout/heldout/loss" in h
+    }
+    evals = {h["step"]: h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h}
+    assert sorted(ours) == [10, 20]
+    # One eval batch holds the whole set, so the trainer's eval_loss is also token-weighted.
+    for step in ours:
+        assert math.isclose(ours[step], evals[step], abs_tol=1e-4)
+
+
+def test_reuses_trainer_eval_loss(tmp_path, tokenizer, splits):
+    cb = HeldOutLossCallback(use_trainer_eval=True)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        splits.train,
+        [cb],
+        max_steps=20,
+        eval_dataset={"mixed": splits.heldout_sft},
+        eval_strategy="steps",
+        eval_steps=10,
+    )
+    trainer.train()
+    records = read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")
+    evals = {h["step"]: h["eval_mixed_loss"] for h in trainer.state.log_history if "eval_mixed_loss" in h}
+    assert _losses(records) == evals and sorted(evals) == [10, 20]
+
+
+def test_monitor_failure_does_not_kill_training_unless_strict(tmp_path, tokenizer, splits, caplog):
+    broken = Dataset.from_dict({"input_ids": [[1, 2, 10_000]], "labels": [[1, 2, 10_000]]})  # id outside vocab
+    cb = HeldOutLossCallback(broken, every_n_steps=5)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=10, save_steps=10)
+    with caplog.at_level(logging.ERROR, logger="sftrl_callbacks"):
+        trainer.train()
+    assert trainer.state.global_step == 10 and cb.errors == 2
+    assert "held-out loss failed" in caplog.text
+    assert os.path.isdir(tmp_path / "out" / "checkpoint-10")
+
+    strict = HeldOutLossCallback(broken, every_n_steps=5, strict=True)
+    trainer = make_trainer(tmp_path / "strict", tokenizer, splits.train, [strict], max_steps=10)
+    with pytest.raises(IndexError):
+        trainer.train()
+
+
+def test_bad_arguments_fail_at_construction(splits):
+    with pytest.raises(ValueError, match="empty"):
+        HeldOutLossCallback(splits.heldout_sft.select([]))
+    with pytest.raises(TypeError, match="HeldOutLossConfig"):
+        HeldOutLossCallback(splits.heldout_sft, config={"every_n_steps": 5})
+    with pytest.raises(TypeError, match="Unknown"):
+        HeldOutLossCallback(splits.heldout_sft, every_n_step=5)
+    with pytest.raises(ValueError, match="datasets="):
+        HeldOutLossCallback()
+    assert HeldOutLossCallback(splits.heldout_sft, config=HeldOutLossConfig(every_n_steps=3)).config.every_n_steps == 3
