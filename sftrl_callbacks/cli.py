@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import glob
+import json
+import os
+import re
 import sys
+import time
 
 
 def _demo(ns: argparse.Namespace) -> int:
@@ -13,12 +18,132 @@ def _demo(ns: argparse.Namespace) -> int:
     print("\nHeld-out loss (token-weighted mean NLL on held-out SFT examples):")
     for step, loss in result.heldout_losses:
         print(f"  step {step:5d}  {loss:.4f}")
+    if result.pass_at_k:
+        print("Pass@k on 32 held-out problems (64 samples each at T=1, strict step verifier, unbiased estimator):")
+        for step, curve in result.pass_at_k:
+            print(f"  step {step:5d}  " + "  ".join(f"pass@{k} {v:.3f}" for k, v in curve.items() if k in (1, 8, 64)))
     acc = result.greedy_accuracy
     print("Greedy exact-match accuracy on held-out problems: " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()))
     print(f"Metrics:  {result.metrics_path}")
     if result.wandb_dir:
         print(f"W&B run (offline): {result.wandb_dir}/wandb  (sync with `wandb sync <run dir>`)")
-    print(f"Wall time {result.wall_time_s:.0f} s (training {result.train_time_s:.0f} s)")
+    share = result.callback_time_s / result.train_time_s
+    print(
+        f"Wall time {result.wall_time_s:.0f} s (training {result.train_time_s:.0f} s, of which the sftrl "
+        f"callbacks {result.callback_time_s:.1f} s = {share:.0%})"
+    )
+    return 0
+
+
+def _load_rows(spec: str):
+    """`name=path` or `path` (JSONL / JSON / CSV / parquet) -> (name, Dataset)."""
+    from datasets import load_dataset
+
+    name, _, path = spec.rpartition("=")
+    ext = os.path.splitext(path)[1].lstrip(".")
+    kind = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
+    if kind is None:
+        raise SystemExit(f"sftrl: cannot read {path!r}: use .jsonl, .json, .csv or .parquet")
+    return name or os.path.splitext(os.path.basename(path))[0], load_dataset(kind, data_files=path, split="train")
+
+
+def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
+    """Held-out loss and pass@k of one saved checkpoint, through the callbacks' own code paths."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .heldout import heldout_loss, prepare_examples
+    from .measure import PassAtKConfig, measure_pass_at_k
+    from .verifiers import make_verifier
+
+    step = (
+        int(re.search(r"(\d+)$", os.path.basename(os.path.normpath(checkpoint)))[1])
+        if re.search(r"\d+$", os.path.normpath(checkpoint))
+        else None
+    )
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, ns.dtype))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
+    for spec in ns.heldout or []:
+        name, rows = _load_rows(spec)
+        examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
+        result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=tokenizer.pad_token_id or 0)
+        out["metrics"][f"sftrl/heldout/{name}/loss"] = result.loss
+    if ns.problems:
+        config = PassAtKConfig(
+            n=ns.n,
+            ks=ns.ks,
+            temperature=ns.temperature,
+            max_new_tokens=ns.max_new_tokens,
+            num_problems=ns.num_problems,
+            seed=ns.seed,
+            extrapolate_ks=ns.extrapolate_ks or [],
+        )
+        verifier = make_verifier(ns.verifier)
+        for spec in ns.problems:
+            name, rows = _load_rows(spec)
+            result = measure_pass_at_k(model, tokenizer, rows, verifier, config, dataset_name=name, step=step)
+            result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{name}.json"))
+            out["metrics"].update(result.metrics(f"sftrl/passk/{name}"))
+    os.makedirs(os.path.join(checkpoint, "sftrl"), exist_ok=True)
+    with open(os.path.join(checkpoint, "sftrl", "eval.json"), "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def _eval(ns: argparse.Namespace) -> int:
+    if not ns.heldout and not ns.problems:
+        raise SystemExit("sftrl eval: give --heldout and/or --problems (JSONL/CSV files, optionally name=path).")
+    if ns.problems and ns.ks and max(ns.ks) > ns.n:
+        raise SystemExit(f"sftrl eval: k={max(ns.ks)} > n={ns.n}; raise --n or use --extrapolate-ks.")
+    done: set[str] = set()
+
+    def run(paths: list[str]) -> None:
+        for path in paths:
+            result = evaluate_checkpoint(path, ns)
+            done.add(os.path.abspath(path))
+            print(json.dumps(result))
+
+    run(list(ns.checkpoints))
+    if ns.watch:
+        idle_since = time.time()
+        while time.time() - idle_since < ns.idle_timeout:
+            found = sorted(
+                (p for p in glob.glob(os.path.join(ns.watch, "checkpoint-*")) if os.path.abspath(p) not in done),
+                key=lambda p: int(p.rsplit("-", 1)[1]),
+            )
+            # A checkpoint is complete once the trainer has written its trainer_state.json.
+            ready = [p for p in found if os.path.exists(os.path.join(p, "trainer_state.json"))]
+            if ready:
+                run(ready)
+                idle_since = time.time()
+            else:
+                time.sleep(ns.interval)
+    return 0
+
+
+def _fit(ns: argparse.Namespace) -> int:
+    from .predict import fit_table, format_report, plot_report, read_table
+
+    rows = read_table(ns.table)
+    report = fit_table(rows, ns.target, ns.signals, id_column=ns.id_column, seed=ns.seed)
+    print(format_report(report))
+    if ns.json:
+        with open(ns.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_json(), f, indent=1)
+        print(f"JSON: {ns.json}")
+    if ns.plot:
+        print(f"plot: {plot_report(report, rows, ns.plot)}")
+    return 0
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from .report import render_report
+
+    png, page = render_report(ns.output_dir)
+    print(f"report: {page}\nplot:   {png}")
     return 0
 
 
@@ -32,6 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
     demo.set_defaults(func=_demo)
+
+    ev = sub.add_parser("eval", help="Held-out loss and pass@k of saved checkpoints (same code as the callbacks).")
+    ev.add_argument("checkpoints", nargs="*", help="checkpoint directories")
+    ev.add_argument("--watch", help="also evaluate new checkpoint-* folders of this output_dir as they appear")
+    ev.add_argument("--interval", type=float, default=30.0, help="seconds between looks with --watch")
+    ev.add_argument("--idle-timeout", type=float, default=3600.0, help="stop watching after this long with nothing new")
+    ev.add_argument("--heldout", action="append", help="held-out SFT examples: [name=]path (repeatable)")
+    ev.add_argument("--problems", action="append", help="problems with prompt/answer: [name=]path (repeatable)")
+    ev.add_argument("--verifier", default="answer", help="answer | math-verify | toy-steps")
+    ev.add_argument("--n", type=int, default=64)
+    ev.add_argument("--ks", type=int, nargs="+")
+    ev.add_argument("--extrapolate-ks", type=int, nargs="+")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--num-problems", type=int)
+    ev.add_argument("--max-length", type=int, default=1024)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=_eval)
+
+    fit = sub.add_parser("fit", help="Fit post-RL predictors on a table of SFT candidates.")
+    fit.add_argument("table", help="CSV or JSONL, one row per candidate")
+    fit.add_argument("--target", default="post_rl_pass@1", help="column with the measured post-RL score")
+    fit.add_argument("--signals", nargs="+", help="signal columns (default: every numeric column)")
+    fit.add_argument("--id-column", default="name")
+    fit.add_argument("--json", help="write the results as JSON here")
+    fit.add_argument("--plot", help="write a PNG of each signal vs the target here")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(func=_fit)
+
+    rep = sub.add_parser("report", help="Render a one-page HTML/PNG report of a run's output_dir.")
+    rep.add_argument("output_dir")
+    rep.set_defaults(func=_report)
     return parser
 
 

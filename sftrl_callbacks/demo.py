@@ -18,6 +18,8 @@ class DemoResult:
     train_time_s: float
     greedy_accuracy: dict[str, float]
     heldout_losses: list[tuple[int, float]]
+    pass_at_k: list[tuple[int, dict[int, float]]]
+    callback_time_s: float
     metrics_path: str
     wandb_dir: str | None
     trainer: object
@@ -75,7 +77,8 @@ def run_demo(
     import torch
     from trl import SFTTrainer
 
-    from .callbacks import HeldOutLossCallback
+    from .callbacks import HeldOutLossCallback, PassAtKCallback
+    from .toy import StepVerifier
 
     start = time.time()
     report_to: list[str] = []
@@ -92,7 +95,12 @@ def run_demo(
     model = build_model(tokenizer, seed=seed)
     splits = make_splits(n_train=20_000, n_heldout_sft=256, n_heldout_problems=96, seed=seed)
     if callbacks is None:
-        callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=max(1, max_steps // 10))]
+        callbacks = [
+            HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=max(1, max_steps // 10)),
+            PassAtKCallback(
+                {"mixed": splits.heldout_problems}, verifier=StepVerifier(), n=64, num_problems=32, max_new_tokens=48
+            ),
+        ]
     args = toy_sft_config(output_dir, max_steps, report_to, seed=seed, disable_tqdm=not show_progress)
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=callbacks
@@ -110,12 +118,19 @@ def run_demo(
     losses = [
         (h["step"], h["sftrl/heldout/mixed/loss"]) for h in trainer.state.log_history if "sftrl/heldout/mixed/loss" in h
     ]
+    passk = []
+    for h in trainer.state.log_history:
+        ks = {int(key.rsplit("@", 1)[1]): v for key, v in h.items() if key.startswith("sftrl/passk/mixed/pass@")}
+        if ks:
+            passk.append((h["step"], ks))
     return DemoResult(
         output_dir=output_dir,
         wall_time_s=time.time() - start,
         train_time_s=train_time,
         greedy_accuracy=accuracy,
         heldout_losses=losses,
+        pass_at_k=passk,
+        callback_time_s=sum(getattr(cb, "time_spent_s", 0.0) for cb in callbacks),
         metrics_path=os.path.join(output_dir, "sftrl", "metrics.jsonl"),
         wandb_dir=wandb_dir,
         trainer=trainer,

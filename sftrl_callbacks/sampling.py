@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -184,7 +185,7 @@ class HFSampler:
         ).logits[:, -1]
         # One prefill per prompt, then its cache is repeated for its samples.
         rows = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(counts, device=device))
-        cache.batch_select_indices(rows)
+        _preallocate(cache, rows, params.max_new_tokens)
         logits, attention = logits[rows], attention[rows]
         next_position = positions[rows, -1] + 1
         owner = rows.tolist()  # prompt index of each live row
@@ -196,25 +197,23 @@ class HFSampler:
 
         for _ in range(params.max_new_tokens):
             tokens = _pick_tokens(logits, params, generator)
-            token_list = tokens.tolist()
-            finished = []
-            for r, tok in enumerate(token_list):
+            for r, tok in enumerate(tokens.tolist()):
                 s = slot[r]
+                if done[s]:  # finished, waiting for the next compaction
+                    continue
                 if tok in eos:
                     done[s] = True
-                    finished.append(r)
                     continue
                 generated[s].append(tok)
                 if params.stop_strings:
                     tail = tokenizer.decode(generated[s][-stop_window:])
                     if any(stop in tail for stop in params.stop_strings):
                         done[s] = True
-                        finished.append(r)
-            if len(finished) == len(slot):
+            keep = [r for r, s in enumerate(slot) if not done[s]]
+            if not keep:
                 break
-            if finished:  # drop finished rows from the batch
-                gone = set(finished)
-                keep = [r for r in range(len(slot)) if r not in gone]
+            # Dropping rows copies the whole cache, so it waits until a quarter of the batch is done.
+            if len(slot) - len(keep) >= max(1, len(slot) // 4):
                 keep_t = torch.tensor(keep, device=device)
                 cache.batch_select_indices(keep_t)
                 tokens, attention, next_position = tokens[keep_t], attention[keep_t], next_position[keep_t]
@@ -238,6 +237,51 @@ class HFSampler:
                     text = text[: cut + len(stop)]
             out[prompt_index].append(Completion(text=text, n_tokens=len(generated[s]), truncated=not done[s]))
         return out
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer that writes into a buffer sized for the whole generation.
+
+    DynamicLayer grows by `torch.cat`, copying the whole cache at every token (a quarter of the
+    sampling time of a small model); here each token is one slice write.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
+        super().__init__()
+        b, h, t, d = keys.shape
+        self._k = keys.new_empty((b, h, t + extra, d))
+        self._v = values.new_empty((b, h, t + extra, values.shape[-1]))
+        self._k[:, :, :t], self._v[:, :, :t] = keys, values
+        self._len = t
+        self.device, self.is_initialized = keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        t = key_states.shape[-2]
+        self._k[:, :, self._len : self._len + t] = key_states
+        self._v[:, :, self._len : self._len + t] = value_states
+        self._len += t
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._k, self._v = self._k[indices], self._v[indices]
+        self._views()
+
+
+def _preallocate(cache: DynamicCache, rows: torch.Tensor, extra: int) -> None:
+    """Repeat each prompt's prefill for its samples, into preallocated layers where possible."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = _PreallocatedLayer(layer.keys[rows], layer.values[rows], extra)
+        else:
+            layer.batch_select_indices(rows)
 
 
 def _cache_argument(model: PreTrainedModel) -> str:

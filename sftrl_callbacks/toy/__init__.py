@@ -7,6 +7,7 @@ from .model import build_model
 from .task import (
     ArithmeticTask,
     Problem,
+    StepVerifier,
     ToySplits,
     final_answer,
     make_splits,
@@ -19,6 +20,7 @@ from .tokenizer import build_tokenizer
 __all__ = [
     "ArithmeticTask",
     "Problem",
+    "StepVerifier",
     "ToySplits",
     "build_model",
     "build_tokenizer",

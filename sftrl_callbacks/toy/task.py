@@ -194,3 +194,10 @@ def make_splits(
         heldout_sft=to_dataset(heldout_sft, fmt),
         heldout_problems=to_dataset(heldout_problems, "problems"),
     )
+
+
+class StepVerifier:
+    """The strict toy verifier (see `steps_are_correct`); rows need operands/operators columns."""
+
+    def check(self, completions, rows) -> list[bool]:
+        return [steps_are_correct(c, problem_from_row(r)) for c, r in zip(completions, rows, strict=True)]

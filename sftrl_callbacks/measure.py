@@ -1,0 +1,309 @@
+"""One pass@k measurement of a model on a set of problems: sample -> verify -> counts -> curve.
+
+Shared by `PassAtKCallback` (during training) and `sftrl eval` (on saved checkpoints), so both give
+the same numbers for the same model, problems and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
+from .sampling import HFSampler, Sampler, SamplingParams
+from .verifiers import Verifier
+
+
+@dataclass
+class PassAtKConfig:
+    """What `PassAtKCallback` / `sftrl eval` sample and how they estimate pass@k."""
+
+    n: int = field(default=64, metadata={"help": "Samples per problem (the paper: 256 for pass@64)."})
+    ks: list[int] | None = field(default=None, metadata={"help": "k values to log (default 1, 2, 4, ..., n)."})
+    extrapolate_ks: list[int] = field(
+        default_factory=list,
+        metadata={"help": "k values above n, estimated from a beta-binomial fit (empirical Bayes), e.g. [256]."},
+    )
+    allocation: str = field(
+        default="uniform",
+        metadata={
+            "help": "'uniform': n samples per problem. 'dynamic': initial_n each, then the rest of the n x problems "
+            "budget in rounds to problems still unsolved (pass@k then comes from the beta-binomial fit)."
+        },
+    )
+    initial_n: int = field(default=16, metadata={"help": "First-round samples per problem with allocation='dynamic'."})
+    max_n_per_problem: int = field(default=256, metadata={"help": "Cap per problem with allocation='dynamic'."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens per completion."})
+    stop_strings: list[str] = field(default_factory=list, metadata={"help": "Extra stop strings."})
+    num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (None: all)."})
+    time_budget_s: float | None = field(
+        default=None, metadata={"help": "Stop sampling new problems after this many seconds (logs how many were done)."}
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or messages)."})
+    answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
+    num_saved_examples: int = field(default=3, metadata={"help": "Problems whose completions go into the JSON."})
+    ci_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
+    seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1.")
+        if self.ks is not None:
+            if not self.ks or min(self.ks) < 1:
+                raise ValueError("ks must be positive integers.")
+            if max(self.ks) > self.n:
+                raise ValueError(f"k={max(self.ks)} > n={self.n}: raise n or put k in extrapolate_ks.")
+        if self.allocation not in ("uniform", "dynamic"):
+            raise ValueError("allocation must be 'uniform' or 'dynamic'.")
+        if self.allocation == "dynamic" and not 1 <= self.initial_n <= self.n:
+            raise ValueError("initial_n must be in [1, n] for dynamic allocation.")
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop_strings=tuple(self.stop_strings),
+            seed=self.seed,
+        )
+
+
+def check_problems(problems: Dataset, config: PassAtKConfig, name: str = "problems") -> None:
+    if len(problems) == 0:
+        raise ValueError(f"The {name} set is empty: give it at least one problem.")
+    for column in (config.prompt_column, config.answer_column):
+        if column not in problems.column_names:
+            raise ValueError(
+                f"The {name} set has no {column!r} column (columns: {problems.column_names}); "
+                f"set prompt_column / answer_column."
+            )
+
+
+@dataclass
+class PassAtKResult:
+    dataset: str
+    step: int | None
+    n: list[int]
+    c: list[int]
+    pass_at_k: dict[int, float]
+    ci: dict[int, dict[str, Any]]
+    extrapolated: dict[int, dict[str, Any]]
+    mean_completion_tokens: float
+    truncation_rate: float
+    num_problems: int
+    num_problems_requested: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    allocation: str
+    sampler: str
+    verifier: str
+    wall_time_s: float
+    examples: list[dict[str, Any]]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}/pass@{k}": v for k, v in self.pass_at_k.items()}
+        out.update({f"{prefix}/pass@{k}": v["estimate"] for k, v in self.extrapolated.items()})
+        out[f"{prefix}/mean_completion_tokens"] = self.mean_completion_tokens
+        out[f"{prefix}/truncation_rate"] = self.truncation_rate
+        out[f"{prefix}/num_problems"] = self.num_problems
+        out[f"{prefix}/samples"] = int(sum(self.n))
+        return out
+
+    def context(self) -> dict[str, Any]:
+        """How every metric of this result was measured (goes next to each JSONL record)."""
+        return {
+            "dataset": self.dataset,
+            "n": int(max(self.n)) if self.allocation == "uniform" else f"dynamic, {sum(self.n)} total",
+            "temperature": self.temperature,
+            "num_problems": self.num_problems,
+            "estimator": "unbiased (Chen et al. 2021); k above the samples per problem: beta-binomial EB",
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_json(), f, indent=1)
+
+
+def load_result(path: str) -> PassAtKResult:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    for key in ("pass_at_k", "ci", "extrapolated"):
+        data[key] = {int(k): v for k, v in data[key].items()}
+    return PassAtKResult(**data)
+
+
+def measure_pass_at_k(
+    model: Any,
+    tokenizer: Any,
+    problems: Dataset,
+    verifier: Verifier,
+    config: PassAtKConfig,
+    sampler: Sampler | None = None,
+    dataset_name: str = "problems",
+    step: int | None = None,
+) -> PassAtKResult:
+    """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`)."""
+    check_problems(problems, config, dataset_name)
+    sampler = sampler or HFSampler()
+    start = time.time()
+    requested = len(problems) if config.num_problems is None else min(config.num_problems, len(problems))
+    rows = [problems[i] for i in range(requested)]
+    params = config.sampling_params()
+    deadline = None if config.time_budget_s is None else start + config.time_budget_s
+
+    first_n = config.n if config.allocation == "uniform" else config.initial_n
+    counts_n = np.zeros(len(rows), dtype=np.int64)
+    counts_c = np.zeros(len(rows), dtype=np.int64)
+    tokens, truncated, kept = [], [], [[] for _ in rows]
+    done = 0
+    # Problems go in chunks so a time budget can stop between them; each chunk is one batched call.
+    chunk = max(1, getattr(sampler, "max_batch_rows", 1024) // max(first_n, 1))
+    for lo in range(0, len(rows), chunk):
+        if deadline is not None and time.time() > deadline and done > 0:
+            break
+        part = rows[lo : lo + chunk]
+        _sample_and_count(
+            sampler,
+            model,
+            tokenizer,
+            part,
+            [first_n] * len(part),
+            params,
+            verifier,
+            config,
+            counts_n[lo:],
+            counts_c[lo:],
+            tokens,
+            truncated,
+            kept[lo:],
+        )
+        done = lo + len(part)
+    counts_n, counts_c, rows, kept = counts_n[:done], counts_c[:done], rows[:done], kept[:done]
+
+    first_round_c = counts_c.copy()
+    if config.allocation == "dynamic":
+        budget = config.n * len(rows) - int(counts_n.sum())
+        round_size = config.initial_n
+        while budget > 0 and (deadline is None or time.time() < deadline):
+            open_ = np.flatnonzero((counts_c == 0) & (counts_n < config.max_n_per_problem))
+            if open_.size == 0:
+                break
+            per = min(round_size, max(1, budget // open_.size))
+            extra = [int(min(per, config.max_n_per_problem - counts_n[i])) for i in open_]
+            part = [rows[i] for i in open_]
+            sub_n, sub_c = np.zeros(len(part), np.int64), np.zeros(len(part), np.int64)
+            _sample_and_count(
+                sampler,
+                model,
+                tokenizer,
+                part,
+                extra,
+                params,
+                verifier,
+                config,
+                sub_n,
+                sub_c,
+                tokens,
+                truncated,
+                [kept[i] for i in open_],
+            )
+            counts_n[open_] += sub_n
+            counts_c[open_] += sub_c
+            budget -= int(sub_n.sum())
+            params = SamplingParams(**{**asdict(params), "seed": params.seed + 1})
+
+    # Unbiased estimates need the same n for every problem: the uniform first round. Dynamic
+    # rounds add samples only where the first round found nothing, so every k above initial_n (and
+    # every extrapolated k) comes from the beta-binomial fit to all counts.
+    round_n = counts_n if config.allocation == "uniform" else np.minimum(counts_n, first_n)
+    round_c = counts_c if config.allocation == "uniform" else first_round_c
+    all_ks = config.ks or default_ks(config.n)
+    ks = [k for k in all_ks if len(rows) and k <= int(round_n.min())]
+    result_curve = pass_at_k_curve(round_n, round_c, ks) if ks else {}
+    ci = {}
+    for k in ks:
+        interval = bootstrap_ci(round_n, round_c, k, resamples=config.ci_resamples, seed=config.seed)
+        ci[k] = {"low": interval.low, "high": interval.high, "method": interval.method}
+    extrapolated = {}
+    for k in sorted(set(config.extrapolate_ks) | {k for k in all_ks if k not in ks}):
+        interval = extrapolate_pass_at_k(counts_n, counts_c, k, resamples=200, seed=config.seed)
+        extrapolated[k] = {
+            "estimate": interval.estimate,
+            "low": interval.low,
+            "high": interval.high,
+            "method": interval.method,
+        }
+
+    examples = []
+    for row, completions in list(zip(rows, kept))[: config.num_saved_examples]:
+        examples.append(
+            {"prompt": row[config.prompt_column], "answer": row[config.answer_column], "completions": completions}
+        )
+    return PassAtKResult(
+        dataset=dataset_name,
+        step=step,
+        n=counts_n.tolist(),
+        c=counts_c.tolist(),
+        pass_at_k=result_curve,
+        ci=ci,
+        extrapolated=extrapolated,
+        mean_completion_tokens=float(np.mean(tokens)) if tokens else 0.0,
+        truncation_rate=float(np.mean(truncated)) if truncated else 0.0,
+        num_problems=len(rows),
+        num_problems_requested=requested,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        allocation=config.allocation,
+        sampler=type(sampler).__name__,
+        verifier=type(verifier).__name__,
+        wall_time_s=time.time() - start,
+        examples=examples,
+    )
+
+
+def _sample_and_count(
+    sampler, model, tokenizer, rows, counts, params, verifier, config, out_n, out_c, tokens, truncated, kept
+) -> None:
+    prompts = [r[config.prompt_column] for r in rows]
+    samples = sampler.sample(model, tokenizer, prompts, counts, params)
+    flat_text, flat_rows, owner = [], [], []
+    for i, (row, completions) in enumerate(zip(rows, samples)):
+        for comp in completions:
+            flat_text.append(comp.text)
+            flat_rows.append(row)
+            owner.append(i)
+            tokens.append(comp.n_tokens)
+            truncated.append(comp.truncated)
+    verdicts = verifier.check(flat_text, flat_rows) if flat_text else []
+    for i, ok in zip(owner, verdicts):
+        out_n[i] += 1
+        out_c[i] += bool(ok)
+    for i, completions in enumerate(samples):
+        room = 4 - len(kept[i]) if i < len(kept) else 0
+        for comp in completions[: max(room, 0)]:
+            kept[i].append(comp.text)
+
+
+def counts_from(result: PassAtKResult) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(result.n), np.asarray(result.c)
+
+
+def summarize(results: Sequence[PassAtKResult]) -> list[dict[str, Any]]:
+    return [{"step": r.step, "dataset": r.dataset, **{f"pass@{k}": v for k, v in r.pass_at_k.items()}} for r in results]

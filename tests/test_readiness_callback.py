@@ -1,0 +1,106 @@
+import json
+import os
+
+import pytest
+
+from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.toy import StepVerifier, make_splits
+
+from . import wandb_offline
+from .conftest import make_trainer
+
+
+@pytest.fixture(scope="module")
+def overfit_splits():
+    """64 unique rows trained for ~100 epochs: the held-out loss makes a U with its minimum near step 70."""
+    return make_splits(n_train=64, n_heldout_sft=64, n_heldout_problems=6, seed=0, unique_train=True)
+
+
+def _run(tmp_path, tokenizer, data, policy, report_to=()):
+    loss = HeldOutLossCallback(data.heldout_sft, every_n_steps=10)
+    passk = PassAtKCallback(data.heldout_problems, verifier=StepVerifier(), n=8, max_new_tokens=40)
+    readiness = RLReadinessCallback(early_stopping=policy)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        data.train,
+        [readiness, passk, loss],
+        max_steps=200,
+        report_to=report_to,
+        save_steps=20,
+        save_total_limit=2,
+        learning_rate=2e-3,
+        lr_scheduler_type="constant",
+        logging_steps=10,
+    )
+    trainer.train()
+    return trainer, loss, readiness
+
+
+@pytest.mark.slow
+def test_flags_turn_stops_and_protects_rl_start(tmp_path, tokenizer, overfit_splits, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    trainer, loss, readiness = _run(tmp_path, tokenizer, overfit_splits, "loss", report_to=["wandb"])
+    import wandb
+
+    wandb.finish()
+    history = loss.history["sftrl/heldout/heldout/loss"]
+    true_min = min(history, key=lambda sv: sv[1])[0]
+    turn = next(f for f in readiness.flags if f.kind == "loss_turn")
+    # Tolerance: two measurements (20 steps) either side of the measured minimum.
+    assert abs(turn.began_step - true_min) <= 20, (turn, history)
+    assert trainer.state.global_step < 200 and trainer.state.global_step == turn.confirmed_step
+    assert readiness.found == ["held-out loss (heldout)", "pass@k (heldout)"]
+
+    out = tmp_path / "out"
+    start = json.loads((out / "sftrl" / "rl_start.json").read_text())
+    assert os.path.isdir(start["path"]) and os.path.exists(os.path.join(start["path"], "model.safetensors"))
+    assert start["step"] % 20 == 0 and start["ranking"][0]["step"] == start["step"]
+    assert "readiness score" in start["why"] and "loss_turn" in {f["kind"] for f in start["flags"]}
+    # save_total_limit=2 rotated the old checkpoints away, but not the protected copy.
+    assert len([d for d in os.listdir(out) if d.startswith("checkpoint-")]) <= 3
+    events = [r for r in read_jsonl(out / "sftrl" / "metrics.jsonl") if r["name"].startswith("sftrl/readiness/")]
+    assert {"sftrl/readiness/flag/loss_turn", "sftrl/readiness/stop", "sftrl/readiness/loss_turn_step"} <= {
+        r["name"] for r in events
+    }
+
+    run = wandb_offline.run_file(str(tmp_path))
+    rows = wandb_offline.history(run)
+    objects = {k.rsplit("/", 1)[0]: v for r in rows for k, v in r.items() if k.endswith("/_type")}
+    assert objects["sftrl/readiness/timeline"] == "table-file"
+    assert objects["sftrl/readiness/report"] == "image-file"
+    assert objects[f"sftrl/passk/heldout/curve_step_{start['step']}_table"] == "table-file"
+    assert any("loss turn" in a.title for a in wandb_offline.alerts(run))
+    assert wandb_offline.summary(run)["sftrl/rl_start/step"] == start["step"]
+    assert (out / "sftrl" / "report.png").exists()
+
+
+@pytest.mark.slow
+def test_flags_without_stopping_when_not_asked(tmp_path, tokenizer, overfit_splits):
+    trainer, _, readiness = _run(tmp_path, tokenizer, overfit_splits, "off")
+    assert trainer.state.global_step == 200
+    assert any(f.kind == "loss_turn" for f in readiness.flags)
+
+
+def test_construction_and_policy_errors(tmp_path, tokenizer, splits):
+    with pytest.raises(ValueError, match="early_stopping"):
+        RLReadinessCallback(early_stopping="sometimes")
+    readiness = RLReadinessCallback(early_stopping="passk")
+    loss = HeldOutLossCallback(splits.heldout_sft, every_n_steps=5)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [loss, readiness], max_steps=5)
+    with pytest.raises(ValueError, match="needs a PassAtKCallback"):
+        trainer.train()
+    # Loss only, flag-only policy: it runs and says what it watches.
+    readiness = RLReadinessCallback()
+    trainer = make_trainer(
+        tmp_path / "b",
+        tokenizer,
+        splits.train,
+        [readiness, HeldOutLossCallback(splits.heldout_sft, every_n_steps=5)],
+        max_steps=10,
+        save_steps=5,
+    )
+    trainer.train()
+    assert readiness.found == ["held-out loss (heldout)"]
+    assert json.loads((tmp_path / "b" / "out" / "sftrl" / "rl_start.json").read_text())["step"] in (5, 10)

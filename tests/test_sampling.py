@@ -1,0 +1,45 @@
+import torch
+
+from sftrl_callbacks import HFSampler, SamplingParams
+
+
+def test_greedy_matches_generate_across_prompt_lengths(trained, tokenizer, splits):
+    prompts = list(splits.heldout_problems["prompt"][:8])
+    assert len({len(p) for p in prompts}) > 1  # left padding is exercised
+    params = SamplingParams(max_new_tokens=40, temperature=0)
+    ours = HFSampler(max_batch_rows=5).sample(trained, tokenizer, prompts, 2, params)
+    for prompt, completions in zip(prompts, ours):
+        enc = tokenizer(prompt, return_tensors="pt")
+        out = trained.generate(**enc, max_new_tokens=40, do_sample=False)
+        reference = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert [c.text for c in completions] == [reference, reference]
+        assert not completions[0].truncated
+
+
+def test_sampling_is_seeded_counts_per_prompt_and_restores_state(trained, tokenizer, splits):
+    prompts = list(splits.heldout_problems["prompt"][:3])
+    trained.train()
+    trained.config.use_cache = False
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, seed=5)
+    a = HFSampler().sample(trained, tokenizer, prompts, [4, 0, 2], params)
+    b = HFSampler().sample(trained, tokenizer, prompts, [4, 0, 2], params)
+    assert [len(x) for x in a] == [4, 0, 2]
+    assert a == b
+    assert trained.training and trained.config.use_cache is False and torch.is_grad_enabled()
+    trained.eval()
+    trained.config.use_cache = True
+
+
+def test_stop_strings_and_truncation(trained, tokenizer, splits):
+    prompt = [splits.heldout_problems["prompt"][0]]
+    stopped = HFSampler().sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, stop_strings=("=",)))
+    assert stopped[0][0].text.endswith("=") and stopped[0][0].text.count("=") == 1
+    short = HFSampler().sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, max_new_tokens=3))
+    assert short[0][0].truncated and short[0][0].n_tokens == 3
+
+
+def test_chat_prompts_use_the_template(trained, tokenizer):
+    messages = [[{"role": "user", "content": "3+4=?"}]]
+    plain = HFSampler().sample(trained, tokenizer, ["Q: 3+4=? A:"], 1, SamplingParams(temperature=0, max_new_tokens=20))
+    chat = HFSampler().sample(trained, tokenizer, messages, 1, SamplingParams(temperature=0, max_new_tokens=20))
+    assert plain == chat
