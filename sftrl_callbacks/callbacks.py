@@ -100,7 +100,7 @@ class _MonitorCallback(TrainerCallback):
         self._trainer_log = TrainerLogSink()
         self._listeners: list[Listener] = []
         self._is_main = True
-        self.siblings: list[TrainerCallback] = []
+        self.siblings: tuple[TrainerCallback, ...] = ()
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.errors = 0
         self.time_spent_s = 0.0  # wall time of this callback's measurements
@@ -117,7 +117,8 @@ class _MonitorCallback(TrainerCallback):
         callbacks = _trainer_callback_list(self)
         if callbacks is not None:
             _move_after_reporters(self, callbacks)
-            self.siblings = [cb for cb in callbacks if cb is not self]
+            # A tuple, so this snapshot is never mistaken for the trainer's list by `_trainer_callback_list`.
+            self.siblings = tuple(cb for cb in callbacks if cb is not self)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._attach(args, state)
@@ -149,6 +150,15 @@ class _MonitorCallback(TrainerCallback):
         """Ask the trainer to log on this step, so queued metrics reach its log at their own step."""
         if self._trainer_log.pending:
             control.should_log = True
+
+    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
+        """Measure now? (every N steps, on a save step, on the last step; fields of the callback's config)"""
+        every = self.config.every_n_steps
+        return bool(
+            (every and state.global_step % every == 0)
+            or (self.config.on_save and control.should_save)
+            or (self.config.on_train_end and control.should_training_stop)
+        )
 
     def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a measurement; a failure is logged loudly and training goes on, unless strict."""
@@ -252,14 +262,6 @@ class HeldOutLossCallback(_MonitorCallback):
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
             for name, ds in self.datasets.items():
                 self._examples[name] = examples_from_trainer_args(ds, tokenizer, args, name=f"held-out {name!r}")
-
-    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
-        every = self.config.every_n_steps
-        return bool(
-            (every and state.global_step % every == 0)
-            or (self.config.on_save and control.should_save)
-            or (self.config.on_train_end and control.should_training_stop)
-        )
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self.datasets and self._due(state, control) and state.global_step != self._last_step:
@@ -379,14 +381,6 @@ class PassAtKCallback(_MonitorCallback):
         self._attach(args, state)
         self._output_dir = args.output_dir
 
-    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
-        every = self.config.every_n_steps
-        return bool(
-            (every and state.global_step % every == 0)
-            or (self.config.on_save and control.should_save)
-            or (self.config.on_train_end and control.should_training_stop)
-        )
-
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self._due(state, control) and state.global_step != self._last_step:
             self._safely("pass@k", self._measure, state, model, processing_class)
@@ -408,9 +402,10 @@ class PassAtKCallback(_MonitorCallback):
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         self._last_step = state.global_step
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
         for name, problems in self.problems.items():
             result = measure_pass_at_k(
-                model, processing_class, problems, self.verifier, self.config, self.sampler, name, state.global_step
+                model, tokenizer, problems, self.verifier, self.config, self.sampler, name, state.global_step
             )
             self.results[name].append(result)
             if self._is_main:

@@ -24,7 +24,9 @@ def _demo(ns: argparse.Namespace) -> int:
             print(f"  step {step:5d}  " + "  ".join(f"pass@{k} {v:.3f}" for k, v in curve.items() if k in (1, 8, 64)))
     acc = result.greedy_accuracy
     print("Greedy exact-match accuracy on held-out problems: " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()))
-    print(f"Metrics:  {result.metrics_path}")
+    if result.rl_start:
+        print(f"RL start: step {result.rl_start['step']} -> {result.rl_start['path']}\n  why: {result.rl_start['why']}")
+    print(f"Metrics:  {result.metrics_path}   (one-page report: sftrl report {result.output_dir})")
     if result.wandb_dir:
         print(f"W&B run (offline): {result.wandb_dir}/wandb  (sync with `wandb sync <run dir>`)")
     share = result.callback_time_s / result.train_time_s

@@ -20,6 +20,7 @@ class DemoResult:
     heldout_losses: list[tuple[int, float]]
     pass_at_k: list[tuple[int, dict[int, float]]]
     callback_time_s: float
+    rl_start: dict | None
     metrics_path: str
     wandb_dir: str | None
     trainer: object
@@ -77,7 +78,7 @@ def run_demo(
     import torch
     from trl import SFTTrainer
 
-    from .callbacks import HeldOutLossCallback, PassAtKCallback
+    from .callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
     from .toy import StepVerifier
 
     start = time.time()
@@ -100,8 +101,11 @@ def run_demo(
             PassAtKCallback(
                 {"mixed": splits.heldout_problems}, verifier=StepVerifier(), n=64, num_problems=32, max_new_tokens=48
             ),
+            RLReadinessCallback(),
         ]
-    args = toy_sft_config(output_dir, max_steps, report_to, seed=seed, disable_tqdm=not show_progress)
+    args = toy_sft_config(
+        output_dir, max_steps, report_to, seed=seed, disable_tqdm=not show_progress, save_steps=max(1, max_steps // 2)
+    )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=callbacks
     )
@@ -131,6 +135,7 @@ def run_demo(
         heldout_losses=losses,
         pass_at_k=passk,
         callback_time_s=sum(getattr(cb, "time_spent_s", 0.0) for cb in callbacks),
+        rl_start=next((cb.rl_start for cb in callbacks if isinstance(cb, RLReadinessCallback)), None),
         metrics_path=os.path.join(output_dir, "sftrl", "metrics.jsonl"),
         wandb_dir=wandb_dir,
         trainer=trainer,

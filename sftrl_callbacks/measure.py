@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -299,11 +298,3 @@ def _sample_and_count(
         room = 4 - len(kept[i]) if i < len(kept) else 0
         for comp in completions[: max(room, 0)]:
             kept[i].append(comp.text)
-
-
-def counts_from(result: PassAtKResult) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(result.n), np.asarray(result.c)
-
-
-def summarize(results: Sequence[PassAtKResult]) -> list[dict[str, Any]]:
-    return [{"step": r.step, "dataset": r.dataset, **{f"pass@{k}": v for k, v in r.pass_at_k.items()}} for r in results]

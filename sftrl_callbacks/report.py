@@ -71,7 +71,11 @@ def render_report(output_dir: str) -> tuple[str, str]:
         if rl_start:
             ax.axvline(rl_start["step"], color="tab:green", lw=2, alpha=0.6)
 
-    for name, points in sorted(series.items()):
+    def order(item):  # pass@2 before pass@16
+        match = re.search(r"@(\d+)$", item[0])
+        return (re.sub(r"@\d+$", "", item[0]), int(match[1]) if match else 0)
+
+    for name, points in sorted(series.items(), key=order):
         if re.fullmatch(r"sftrl/heldout/[^/]+/loss", name):
             steps = sorted(points)
             ax_loss.plot(steps, [points[s] for s in steps], "o-", ms=3, label=name.split("/")[2])

@@ -56,3 +56,15 @@ def make_trainer(tmp_path, tokenizer, train, callbacks, max_steps=30, report_to=
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch):
+    """A fresh offline W&B setup writing under tmp_path (wandb keeps process-wide settings otherwise)."""
+    import wandb
+
+    wandb.teardown()
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    yield tmp_path
+    wandb.finish()
+    wandb.teardown()

@@ -17,15 +17,16 @@ def overfit_splits():
     return make_splits(n_train=64, n_heldout_sft=64, n_heldout_problems=6, seed=0, unique_train=True)
 
 
-def _run(tmp_path, tokenizer, data, policy, report_to=()):
+def _run(tmp_path, tokenizer, data, policy, report_to=(), readiness_last=False):
     loss = HeldOutLossCallback(data.heldout_sft, every_n_steps=10)
     passk = PassAtKCallback(data.heldout_problems, verifier=StepVerifier(), n=8, max_new_tokens=40)
     readiness = RLReadinessCallback(early_stopping=policy)
+    callbacks = [loss, passk, readiness] if readiness_last else [readiness, passk, loss]
     trainer = make_trainer(
         tmp_path,
         tokenizer,
         data.train,
-        [readiness, passk, loss],
+        callbacks,
         max_steps=200,
         report_to=report_to,
         save_steps=20,
@@ -39,8 +40,7 @@ def _run(tmp_path, tokenizer, data, policy, report_to=()):
 
 
 @pytest.mark.slow
-def test_flags_turn_stops_and_protects_rl_start(tmp_path, tokenizer, overfit_splits, monkeypatch):
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+def test_flags_turn_stops_and_protects_rl_start(tmp_path, tokenizer, overfit_splits, wandb_dir):
     trainer, loss, readiness = _run(tmp_path, tokenizer, overfit_splits, "loss", report_to=["wandb"])
     import wandb
 
@@ -78,8 +78,9 @@ def test_flags_turn_stops_and_protects_rl_start(tmp_path, tokenizer, overfit_spl
 
 @pytest.mark.slow
 def test_flags_without_stopping_when_not_asked(tmp_path, tokenizer, overfit_splits):
-    trainer, _, readiness = _run(tmp_path, tokenizer, overfit_splits, "off")
+    trainer, _, readiness = _run(tmp_path, tokenizer, overfit_splits, "off", readiness_last=True)
     assert trainer.state.global_step == 200
+    assert readiness.found == ["held-out loss (heldout)", "pass@k (heldout)"]  # whatever the order
     assert any(f.kind == "loss_turn" for f in readiness.flags)
 
 
@@ -104,3 +105,18 @@ def test_construction_and_policy_errors(tmp_path, tokenizer, splits):
     trainer.train()
     assert readiness.found == ["held-out loss (heldout)"]
     assert json.loads((tmp_path / "b" / "out" / "sftrl" / "rl_start.json").read_text())["step"] in (5, 10)
+
+
+@pytest.mark.slow
+def test_report_renders_from_a_real_run(tmp_path, tokenizer, overfit_splits):
+    import subprocess
+    import sys
+
+    _run(tmp_path, tokenizer, overfit_splits, "loss")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sftrl_callbacks.cli", "report", str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (tmp_path / "out" / "sftrl" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "loss_turn" in page and "RL start" in page
+    assert (tmp_path / "out" / "sftrl" / "report.png").stat().st_size > 20_000

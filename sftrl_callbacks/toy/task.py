@@ -183,10 +183,15 @@ def make_splits(
     fmt: str = "prompt_completion",
     seed: int = 0,
     unique_train: bool = False,
+    exclude: set[str] | None = None,
 ) -> ToySplits:
-    """Train rows, held-out SFT rows (for loss) and held-out problems (for sampling), disjoint by prompt."""
+    """Train rows, held-out SFT rows (for loss) and held-out problems (for sampling), disjoint by prompt.
+
+    `exclude` keeps other prompts (e.g. another split's held-out set) out of everything made here.
+    """
     task = ArithmeticTask(seed=seed)
-    heldout = task.problems(n_heldout_sft + n_heldout_problems, heldout_steps, unique=True)
+    exclude = set(exclude or ())
+    heldout = task.problems(n_heldout_sft + n_heldout_problems, heldout_steps, exclude=exclude, unique=True)
     heldout_sft, heldout_problems = heldout[:n_heldout_sft], heldout[n_heldout_sft:]
     train = task.problems(n_train, train_steps, train_weights, exclude={p.prompt for p in heldout}, unique=unique_train)
     return ToySplits(

@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback
+from sftrl_callbacks.measure import load_result
+from sftrl_callbacks.toy import StepVerifier
+
+from .conftest import make_trainer
+
+
+@pytest.mark.slow
+def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, splits):
+    problems = splits.heldout_problems.select(range(6))
+    loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=0)
+    passk = PassAtKCallback({"mixed": problems}, verifier=StepVerifier(), n=8, max_new_tokens=40, seed=3)
+    trainer = make_trainer(
+        tmp_path, tokenizer, splits.train, [loss, passk], max_steps=40, save_steps=20, learning_rate=3e-3
+    )
+    trainer.train()
+    splits.heldout_sft.to_json(tmp_path / "heldout.jsonl")
+    problems.to_json(tmp_path / "problems.jsonl")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sftrl_callbacks.cli",
+            "eval",
+            str(out / "checkpoint-20"),
+            str(out / "checkpoint-40"),
+            "--heldout",
+            f"mixed={tmp_path / 'heldout.jsonl'}",
+            "--problems",
+            f"mixed={tmp_path / 'problems.jsonl'}",
+            "--verifier",
+            "toy-steps",
+            "--n",
+            "8",
+            "--max-new-tokens",
+            "40",
+            "--seed",
+            "3",
+            "--max-length",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["step"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    logged_loss = dict(loss.history["sftrl/heldout/mixed/loss"])
+    for step in (20, 40):
+        assert results[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(logged_loss[step], abs=1e-4)
+        during = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "passk_mixed.json"))
+        offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json"))
+        assert offline.c == during.c and offline.n == during.n
+        assert offline.pass_at_k == pytest.approx(during.pass_at_k)
+
+
+def test_eval_rejects_bad_arguments(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sftrl_callbacks.cli", "eval", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "--heldout" in proc.stderr
