@@ -95,7 +95,8 @@ class _MonitorCallback(TrainerCallback):
 
     def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
         self.strict = strict
-        self.sinks: list[MetricSink] = [WandbSink(), *sinks]
+        self.wandb = WandbSink()  # also for the objects, alerts and summary only W&B takes
+        self.sinks: list[MetricSink] = [self.wandb, *sinks]
         self.jsonl: JsonlSink | None = None
         self._trainer_log = TrainerLogSink()
         self._listeners: list[Listener] = []
@@ -151,15 +152,6 @@ class _MonitorCallback(TrainerCallback):
         if self._trainer_log.pending:
             control.should_log = True
 
-    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
-        """Measure now? (every N steps, on a save step, on the last step; fields of the callback's config)"""
-        every = self.config.every_n_steps
-        return bool(
-            (every and state.global_step % every == 0)
-            or (self.config.on_save and control.should_save)
-            or (self.config.on_train_end and control.should_training_stop)
-        )
-
     def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a measurement; a failure is logged loudly and training goes on, unless strict."""
         start = time.time()
@@ -173,6 +165,55 @@ class _MonitorCallback(TrainerCallback):
             return None
         finally:
             self.time_spent_s += time.time() - start
+
+
+class _ScheduledMonitor(_MonitorCallback):
+    """A callback that measures on a schedule: every N steps, on save steps and at the end.
+
+    Subclasses set `_what` and implement `_measure(state, model, processing_class)`; their config
+    has `every_n_steps`, `on_save` and `on_train_end`. A measurement runs at most once per step.
+    """
+
+    _what = "measurement"
+
+    def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
+        super().__init__(strict=strict, sinks=sinks)
+        self._last_step = -1
+
+    def _active(self) -> bool:
+        return True
+
+    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
+        every = self.config.every_n_steps
+        return bool(
+            (every and state.global_step % every == 0)
+            or (self.config.on_save and control.should_save)
+            or (self.config.on_train_end and control.should_training_stop)
+        )
+
+    def _measure_once(self, state: TrainerState, model, processing_class) -> bool:
+        """Measure unless this step already was; True when a measurement was attempted."""
+        if not self._active() or state.global_step == self._last_step:
+            return False
+        self._last_step = state.global_step
+        self._safely(self._what, self._measure, state, model, processing_class)
+        return True
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self._due(state, control) and self._measure_once(state, model, processing_class):
+            self._flush_now(control)
+
+    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        # Epoch-based saves are decided in DefaultFlowCallback.on_epoch_end, which runs before this.
+        if self.config.on_save and control.should_save and self._measure_once(state, model, processing_class):
+            self._flush_now(control)
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.config.on_train_end and self._measure_once(state, model, processing_class):
+            self.on_log(args, state, control)
+
+    def _measure(self, state: TrainerState, model, processing_class) -> None:
+        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +252,9 @@ class HeldOutLossConfig:
             raise ValueError("smoothing must be in [0, 1).")
 
 
-class HeldOutLossCallback(_MonitorCallback):
+class HeldOutLossCallback(_ScheduledMonitor):
+    _what = "held-out loss"
+
     """Tracks the loss on held-out SFT examples: the generalization loss that predicts RL gains.
 
     `datasets` is one `Dataset` (named "heldout") or a dict name -> Dataset in any format SFTTrainer
@@ -245,7 +288,6 @@ class HeldOutLossCallback(_MonitorCallback):
             if self.config.max_examples:
                 self.datasets[name] = ds.select(range(min(len(ds), self.config.max_examples)))
         self._examples: dict[str, list] = {}
-        self._last_step = -1
         self._train_loss: float | None = None
         self._best: dict[str, tuple[float, int]] = {}
         self._smoothed: dict[str, float] = {}
@@ -263,20 +305,8 @@ class HeldOutLossCallback(_MonitorCallback):
             for name, ds in self.datasets.items():
                 self._examples[name] = examples_from_trainer_args(ds, tokenizer, args, name=f"held-out {name!r}")
 
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.datasets and self._due(state, control) and state.global_step != self._last_step:
-            self._safely("held-out loss", self._measure, state, model, processing_class)
-            self._flush_now(control)
-
-    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.datasets and self.config.on_save and control.should_save and state.global_step != self._last_step:
-            self._safely("held-out loss", self._measure, state, model, processing_class)
-            self._flush_now(control)
-
-    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.datasets and self.config.on_train_end and state.global_step != self._last_step:
-            self._safely("held-out loss", self._measure, state, model, processing_class)
-            self.on_log(args, state, control)
+    def _active(self) -> bool:
+        return bool(self.datasets)  # with use_trainer_eval the trainer measures, on_evaluate re-logs
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -295,7 +325,6 @@ class HeldOutLossCallback(_MonitorCallback):
                 )
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
-        self._last_step = state.global_step
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         for name, examples in self._examples.items():
@@ -334,7 +363,9 @@ class PassAtKCallbackConfig(PassAtKConfig):
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
 
 
-class PassAtKCallback(_MonitorCallback):
+class PassAtKCallback(_ScheduledMonitor):
+    _what = "pass@k"
+
     """Samples n completions per held-out problem at checkpoints and logs pass@k for each k.
 
     `problems` is a `Dataset` (named "heldout") or a dict name -> Dataset with a prompt column (text or
@@ -370,7 +401,6 @@ class PassAtKCallback(_MonitorCallback):
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
         self.results: dict[str, list[PassAtKResult]] = defaultdict(list)
-        self._last_step = -1
         self._output_dir = "."
 
     @property
@@ -381,27 +411,11 @@ class PassAtKCallback(_MonitorCallback):
         self._attach(args, state)
         self._output_dir = args.output_dir
 
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self._due(state, control) and state.global_step != self._last_step:
-            self._safely("pass@k", self._measure, state, model, processing_class)
-            self._flush_now(control)
-
-    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.config.on_save and control.should_save and state.global_step != self._last_step:
-            self._safely("pass@k", self._measure, state, model, processing_class)
-            self._flush_now(control)
-
     def on_save(self, args, state, control, **kwargs):
         if self._is_main:
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, args, state)
 
-    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.config.on_train_end and state.global_step != self._last_step:
-            self._safely("pass@k", self._measure, state, model, processing_class)
-            self.on_log(args, state, control)
-
     def _measure(self, state: TrainerState, model, processing_class) -> None:
-        self._last_step = state.global_step
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
         for name, problems in self.problems.items():
             result = measure_pass_at_k(
@@ -426,15 +440,14 @@ class PassAtKCallback(_MonitorCallback):
 
     def _log_curve(self, step: int, name: str, result: PassAtKResult) -> None:
         """A small pass@k-vs-k table and chart for this checkpoint only (nothing earlier is re-uploaded)."""
-        wandb_sink = next((s for s in self.sinks if isinstance(s, WandbSink)), None)
-        if not self._is_main or wandb_sink is None or wandb_sink.run is None:
+        if not self._is_main or self.wandb.run is None:
             return
         import wandb
 
         points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
         table = wandb.Table(columns=["k", "pass@k", "step"], data=[[k, v, step] for k, v in sorted(points.items())])
         chart = wandb.plot.line(table, "k", "pass@k", title=f"{name}: pass@k vs k at step {step}")
-        wandb_sink.log_objects(step, {f"sftrl/passk/{name}/curve_step_{step}": chart})
+        self.wandb.log_objects(step, {f"sftrl/passk/{name}/curve_step_{step}": chart})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,13 +533,12 @@ class RLReadinessCallback(_MonitorCallback):
         self._pending_stop = False
         self._pending_save = False
         self._listening = False
-        self._output_dir = "."
+        self._choice_stale = False  # new signals or checkpoints since rl_start was last chosen
         self.found: list[str] = []
 
     # -- wiring ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
         self._attach(args, state)
-        self._output_dir = args.output_dir
         if self._listening:
             return
         loss_cbs = [cb for cb in self.siblings if isinstance(cb, HeldOutLossCallback)]
@@ -579,6 +591,7 @@ class RLReadinessCallback(_MonitorCallback):
             if (name.startswith("sftrl/heldout/") and name.endswith(("/loss", "/gap"))) or "/pass@" in name:
                 if value is not None:
                     self.signals[name][step] = float(value)
+                    self._choice_stale = True
         loss = self._series("loss")
         if self.config.save_loss_minimum and loss and loss[-1][0] == step and loss[-1][1] <= min(v for _, v in loss):
             self._pending_save = True
@@ -616,9 +629,7 @@ class RLReadinessCallback(_MonitorCallback):
                     began_step=flag.began_step,
                     detail=flag.detail,
                 )
-            for sink in self.sinks:
-                if isinstance(sink, WandbSink):
-                    sink.alert(f"sftrl: {flag.kind.replace('_', ' ')} at step {flag.began_step}", flag.detail)
+            self.wandb.alert(f"sftrl: {flag.kind.replace('_', ' ')} at step {flag.began_step}", flag.detail)
         logger.warning("sftrl flag %s: %s", flag.kind, flag.detail)
         policy = self.config.early_stopping
         kinds = {f.kind for f in self.flags}
@@ -661,17 +672,18 @@ class RLReadinessCallback(_MonitorCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step not in self.checkpoints:
             self.checkpoints.append(state.global_step)
+        self._choice_stale = True
         self._safely("RL-start choice", self._choose_rl_start, args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._safely("RL-start choice", self._choose_rl_start, args, state)
+        if self._choice_stale:  # the last save usually decided it already
+            self._safely("RL-start choice", self._choose_rl_start, args, state)
         self.on_log(args, state, control)
         self._safely("W&B panels", self._log_panels, args, state)
 
     def _log_panels(self, args, state) -> None:
         """The run's story for W&B: a timeline table and chart, the rendered report, the choice in the summary."""
-        wandb_sink = next((s for s in self.sinks if isinstance(s, WandbSink)), None)
-        if not self._is_main or wandb_sink is None or wandb_sink.run is None:
+        if not self._is_main or self.wandb.run is None:
             return
         import wandb
 
@@ -690,11 +702,12 @@ class RLReadinessCallback(_MonitorCallback):
             )
         png, _ = render_report(args.output_dir)
         objects["sftrl/readiness/report"] = wandb.Image(png, caption="sftrl report: flags red, RL start green")
-        wandb_sink.log_objects(state.global_step, objects)
+        self.wandb.log_objects(state.global_step, objects)
 
     def _choose_rl_start(self, args, state) -> None:
         if not self._is_main:
             return
+        self._choice_stale = False
         loss, passk, pass1 = (dict(self._series(k)) for k in ("loss", "passk", "pass1"))
         base = args.output_dir
         snapshot_dir = os.path.join(base, "sftrl", "rl_start")
@@ -751,15 +764,9 @@ class RLReadinessCallback(_MonitorCallback):
         self.emit(
             state.global_step, {"sftrl/readiness/rl_start_step": best, "sftrl/readiness/rl_start_score": scores[best]}
         )
-        for sink in self.sinks:
-            if isinstance(sink, WandbSink):
-                sink.summary(
-                    {
-                        "sftrl/rl_start/step": best,
-                        "sftrl/rl_start/path": path,
-                        "sftrl/rl_start/why": self.rl_start["why"],
-                    }
-                )
+        self.wandb.summary(
+            {"sftrl/rl_start/step": best, "sftrl/rl_start/path": path, "sftrl/rl_start/why": self.rl_start["why"]}
+        )
 
 
 def _link_copy(source: str, target: str) -> None:

@@ -58,11 +58,8 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
     from .measure import PassAtKConfig, measure_pass_at_k
     from .verifiers import make_verifier
 
-    step = (
-        int(re.search(r"(\d+)$", os.path.basename(os.path.normpath(checkpoint)))[1])
-        if re.search(r"\d+$", os.path.normpath(checkpoint))
-        else None
-    )
+    match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
+    step = int(match[1]) if match else None
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, ns.dtype))
     if torch.cuda.is_available():

@@ -75,7 +75,6 @@ def run_demo(
     show_progress: bool = True,
 ) -> DemoResult:
     """Train the toy model with the sftrl callbacks and return what happened."""
-    import torch
     from trl import SFTTrainer
 
     from .callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
@@ -118,7 +117,6 @@ def run_demo(
         if wandb.run is not None:
             wandb.finish()
     accuracy = greedy_accuracy(trainer.model, tokenizer, splits.heldout_problems)
-    torch.set_grad_enabled(True)
     losses = [
         (h["step"], h["sftrl/heldout/mixed/loss"]) for h in trainer.state.log_history if "sftrl/heldout/mixed/loss" in h
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -225,7 +225,7 @@ def measure_pass_at_k(
             counts_n[open_] += sub_n
             counts_c[open_] += sub_c
             budget -= int(sub_n.sum())
-            params = SamplingParams(**{**asdict(params), "seed": params.seed + 1})
+            params = replace(params, seed=params.seed + 1)  # fresh samples each round
 
     # Unbiased estimates need the same n for every problem: the uniform first round. Dynamic
     # rounds add samples only where the first round found nothing, so every k above initial_n (and

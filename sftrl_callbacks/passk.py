@@ -29,6 +29,15 @@ def _as_int_array(x, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _per_problem(n, c) -> tuple[np.ndarray, np.ndarray]:
+    """Per-problem counts as flat int arrays; `n` may be one number for all problems."""
+    c = _as_int_array(c, "c").reshape(-1)
+    n = np.broadcast_to(_as_int_array(n, "n"), c.shape)
+    if c.size == 0:
+        raise ValueError("No problems: counts are empty.")
+    return n, c
+
+
 def pass_at_k(n, c, k) -> np.ndarray | float:
     """Unbiased pass@k of problems with `n` samples of which `c` are correct.
 
@@ -78,10 +87,7 @@ def default_ks(n: int) -> list[int]:
 
 def pass_at_k_curve(n, c, ks: Sequence[int] | None = None) -> dict[int, float]:
     """Mean pass@k over problems for each k (k <= min n). `n` may be a scalar or per-problem."""
-    c = _as_int_array(c, "c").reshape(-1)
-    n = np.broadcast_to(_as_int_array(n, "n"), c.shape)
-    if c.size == 0:
-        raise ValueError("No problems: counts are empty.")
+    n, c = _per_problem(n, c)
     ks = default_ks(int(n.min())) if ks is None else sorted(set(int(k) for k in ks))
     values = pass_at_k(n[None, :], c[None, :], np.asarray(ks)[:, None])
     return {k: float(v) for k, v in zip(ks, np.mean(values, axis=1))}
@@ -102,8 +108,7 @@ def bootstrap_ci(n, c, k: int, level: float = 0.95, resamples: int = 2000, seed:
     from which problems were drawn (not the per-problem sampling noise, which the unbiased
     estimator already averages). Uses its own `numpy.random.Generator(seed)`.
     """
-    c = _as_int_array(c, "c").reshape(-1)
-    n = np.broadcast_to(_as_int_array(n, "n"), c.shape)
+    n, c = _per_problem(n, c)
     per_problem = pass_at_k(n, c, k)
     per_problem = np.atleast_1d(per_problem)
     rng = np.random.default_rng(seed)
@@ -137,21 +142,13 @@ class BetaBinomial:
         return float((1 - self.zero) * solvable)
 
 
-def _counts(n, c) -> tuple[np.ndarray, np.ndarray]:
-    c = _as_int_array(c, "c").reshape(-1)
-    n = np.broadcast_to(_as_int_array(n, "n"), c.shape)
-    if c.size == 0:
-        raise ValueError("No problems: counts are empty.")
-    return n.astype(float), c.astype(float)
-
-
 def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
     """Maximum-likelihood (zero-inflated) beta-binomial for per-problem counts.
 
     Problems may have different n (as after dynamic allocation: the likelihood does not depend on
     an adaptive stopping rule). Optimised over log alpha, log beta and logit(zero).
     """
-    n, c = _counts(n, c)
+    n, c = (a.astype(float) for a in _per_problem(n, c))
     unsolved = c == 0
 
     def nll(theta):
@@ -175,7 +172,7 @@ def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
 
 def posterior_pass_at_k(n, c, k: int, prior: BetaBinomial) -> np.ndarray:
     """Per-problem E[1 - (1-p)^k | c of n correct] under the empirical-Bayes prior."""
-    n, c = _counts(n, c)
+    n, c = (a.astype(float) for a in _per_problem(n, c))
     a, b = prior.alpha + c, prior.beta + n - c
     solvable = -np.expm1(special.betaln(a, b + k) - special.betaln(a, b))
     if prior.zero <= 0:
@@ -195,8 +192,7 @@ def extrapolate_pass_at_k(n, c, k: int, resamples: int = 200, level: float = 0.9
     where n >= k for every problem the unbiased estimate is returned instead. The interval refits
     the prior on each bootstrap resample of problems (percentile method).
     """
-    c = _as_int_array(c, "c").reshape(-1)
-    n = np.broadcast_to(_as_int_array(n, "n"), c.shape)
+    n, c = _per_problem(n, c)
     if np.all(n >= k):
         ci = bootstrap_ci(n, c, k, level=level, resamples=max(resamples, 1000), seed=seed)
         return Interval(ci.estimate, ci.low, ci.high, "unbiased estimator; " + ci.method)

@@ -190,11 +190,11 @@ def fit_table(
         features[f"{loss_column}+{passk_column}"] = [loss_column, passk_column]
     fits = [fit_signal(calibrated, f, target, name, id_column, resamples, seed) for name, f in features.items()]
     best = min(fits, key=lambda f: f.loo_mae)
+    coef = _fit(_design(calibrated, features[best.signal]), np.array([_num(c[target]) for c in calibrated]))
     predictions = []
     for r in rows:
         if _num(r.get(target)) is not None:
             continue
-        coef = _fit(_design(calibrated, features[best.signal]), np.array([_num(c[target]) for c in calibrated]))
         pred = float(_predict(coef, _design([r], features[best.signal]))[0])
         predictions.append({"name": r.get(id_column), "predicted": pred, "by": best.signal})
     predictions.sort(key=lambda p: -p["predicted"])

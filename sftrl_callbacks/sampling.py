@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
@@ -138,12 +139,9 @@ class HFSampler:
         device = next(model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(params.seed)
         results: list[list[Completion]] = [[] for _ in prompts]
-        groups = list(self._groups(counts))
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=sum(counts), desc="sampling", unit="seq", disable=self._progress_disabled(), leave=False)
         with inference_state(model):
-            for group in groups:
+            for group in self._groups(counts):
                 out = self._decode(
                     model, tokenizer, [texts[i] for i in group], [counts[i] for i in group], params, generator, device
                 )

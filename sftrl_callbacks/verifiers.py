@@ -15,6 +15,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -150,8 +151,6 @@ class IsolatedPool:
 
     def map(self, items: Sequence[tuple]) -> list[Any]:
         """Results in order; None for a call that raised, timed out or killed its worker."""
-        import time
-
         results: list[Any] = [None] * len(items)
         todo = list(range(len(items)))[::-1]
         busy: dict[int, tuple[int, float]] = {}  # worker -> (item, started)
