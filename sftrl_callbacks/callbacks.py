@@ -529,7 +529,8 @@ class RLReadinessCallback(_MonitorCallback):
         self.flags: list[Flag] = []
         self.checkpoints: list[int] = []
         self.rl_start: dict | None = None
-        self._stop_after: int | None = None  # measurements left before stopping
+        self._stop_after: int | None = None  # measurement steps left before stopping
+        self._counted_step = -1  # the last step counted towards it
         self._pending_stop = False
         self._pending_save = False
         self._listening = False
@@ -610,7 +611,7 @@ class RLReadinessCallback(_MonitorCallback):
             flag = detect()
             if flag is not None:
                 self._raise_flag(flag)
-        self._count_down_to_stop()
+        self._count_down_to_stop(step)
 
     def _raise_flag(self, flag: Flag) -> None:
         self.flags.append(flag)
@@ -642,8 +643,10 @@ class RLReadinessCallback(_MonitorCallback):
         if wanted and self._stop_after is None:
             self._stop_after = self.config.stop_patience + 1
 
-    def _count_down_to_stop(self) -> None:
-        if self._stop_after is not None and not self._pending_stop:
+    def _count_down_to_stop(self, step: int) -> None:
+        # Count measurement steps, not emissions: loss and pass@k both report on a save step.
+        if self._stop_after is not None and not self._pending_stop and step != self._counted_step:
+            self._counted_step = step
             self._stop_after -= 1
             if self._stop_after <= 0:
                 self._pending_stop = True

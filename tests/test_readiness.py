@@ -60,3 +60,20 @@ def test_readiness_score_formula():
     only_loss = readiness_scores([Candidate(1, loss=1.0), Candidate(2, loss=0.5)])
     assert only_loss == {1: 0.0, 2: 1.0}
     assert readiness_scores(cands, loss_weight=1.0, passk_weight=0.0)[2] == pytest.approx(1.0)
+
+
+def test_stop_patience_counts_measurement_steps_not_emissions():
+    from sftrl_callbacks import RLReadinessCallback
+
+    readiness = RLReadinessCallback(early_stopping="loss", stop_patience=1)
+    losses = [1.0, 0.8, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    stop_steps = []
+    for i, loss in enumerate(losses):
+        step = 10 * (i + 1)
+        # Both callbacks report on the same (save) step, as they do in training.
+        readiness._update(step, {"sftrl/heldout/h/loss": loss})
+        readiness._update(step, {"sftrl/passk/p/pass@1": 0.1, "sftrl/passk/p/pass@8": 0.5})
+        if readiness._pending_stop and not stop_steps:
+            stop_steps.append(step)
+    turn = next(f for f in readiness.flags if f.kind == "loss_turn")
+    assert stop_steps == [turn.confirmed_step + 10]  # one more measurement step, not one more emission
