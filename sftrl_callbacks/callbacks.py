@@ -1,9 +1,10 @@
 """Trainer callbacks. They decide *when* to measure; the pure modules decide *what*.
 
 Each callback finds what it needs in the event arguments (`model`, `processing_class`, `args`,
-`state`), measures on the step the trainer is on, and sends the result to its sinks: W&B (under
-`sftrl/...`, x-axis `train/global_step`), `<output_dir>/sftrl/metrics.jsonl`, and the trainer's own
-log (`state.log_history` and every `report_to` integration that comes after W&B).
+`state`), measures on the step the trainer is on, and hands typed records (`records.py`) to its
+run's hub (`hub.py`), which writes them to W&B (when `report_to` has it; `sftrl/...` on the
+`train/global_step` axis), `<output_dir>/sftrl/metrics.jsonl` and the trainer's own log, and passes
+them to `RLReadinessCallback`.
 
 Measurements that fall on a save step are taken in `on_step_end`, before the trainer's log / eval /
 save for that step, so the values sit on the same step as the checkpoint they describe.
@@ -11,8 +12,6 @@ save for that step, so the values sit on the same step as the checkpoint they de
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import math
 import os
@@ -20,30 +19,32 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import DefaultFlowCallback
 
+from . import readiness
+from .checkpoints import protect
 from .heldout import examples_from_trainer_args, heldout_loss
+from .hub import RunHub, hub_for
 from .measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
-from .readiness import (
-    Candidate,
-    Flag,
-    detect_gap_widening,
-    detect_loss_turn,
-    detect_passk_decline,
-    readiness_scores,
+from .readiness import DEFAULT_SMOOTHING, SCORE_FORMULA, STOP_POLICIES, Candidate, Flag
+from .records import (
+    GapRecord,
+    LossRecord,
+    Record,
+    file_safe,
+    heldout_name,
+    passk_name,
+    readiness_name,
 )
 from .sampling import HFSampler, Sampler
-from .sinks import JsonlSink, MetricSink, TrainerLogSink, WandbSink
+from .sinks import Image, MetricSink, Table
 from .verifiers import Verifier, make_verifier
 
 logger = logging.getLogger("sftrl_callbacks")
-
-Listener = Callable[[int, Mapping[str, float]], None]
 
 
 def _make_config(config_cls: type, config: Any, overrides: dict) -> Any:
@@ -60,96 +61,76 @@ def _make_config(config_cls: type, config: Any, overrides: dict) -> Any:
     return config
 
 
-def _trainer_callback_list(callback: TrainerCallback) -> list | None:
-    """The trainer's callback list that holds `callback` (callbacks are not given the trainer)."""
-    for ref in gc.get_referrers(callback):
-        if isinstance(ref, list) and any(isinstance(cb, DefaultFlowCallback) for cb in ref):
-            return ref
-    return None
-
-
-def _move_after_reporters(callback: TrainerCallback, callbacks: list) -> None:
-    """Run right after DefaultFlowCallback and W&B's callback, before the other callbacks.
-
-    After DefaultFlowCallback, so `control.should_save` / `should_training_stop` for this step are
-    known in `on_step_end`; after W&B's callback, so metrics merged into the trainer's log in
-    `on_log` are not sent to W&B a second time (they go there directly, under their own names);
-    before the other integrations and the progress printer, so those see them.
-    """
-    # The trainer may be iterating over this list right now: only ever move a callback to an
-    # earlier index, which leaves the callbacks after it in the iteration unchanged.
-    old_index = callbacks.index(callback)
-    anchor = 0
-    for i, cb in enumerate(callbacks):
-        if isinstance(cb, DefaultFlowCallback) or type(cb).__name__ == "WandbCallback":
-            anchor = i + 1
-    while anchor < old_index and isinstance(callbacks[anchor], _MonitorCallback):
-        anchor += 1
-    if anchor < old_index:
-        callbacks.remove(callback)
-        callbacks.insert(anchor, callback)
+def _check_sinks(sinks: Sequence[Any]) -> list[Any]:
+    for sink in sinks:
+        if not callable(getattr(sink, "log", None)):
+            raise TypeError(f"{type(sink).__name__} is not a MetricSink: it needs log(step, metrics, **context).")
+    return list(sinks)
 
 
 class _MonitorCallback(TrainerCallback):
-    """Plumbing shared by the sftrl callbacks: sinks, trainer-log merging, failure isolation."""
+    """Plumbing shared by the sftrl callbacks: the run hub, per-run state, failure isolation."""
 
     def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
         self.strict = strict
-        self.wandb = WandbSink()  # also for the objects, alerts and summary only W&B takes
-        self.sinks: list[MetricSink] = [self.wandb, *sinks]
-        self.jsonl: JsonlSink | None = None
-        self._trainer_log = TrainerLogSink()
-        self._listeners: list[Listener] = []
-        self._is_main = True
-        self.siblings: tuple[TrainerCallback, ...] = ()
+        self.extra_sinks = _check_sinks(sinks)
+        self.hub: RunHub | None = None
+        self.key = type(self).__name__
+        self._start_run()
+
+    def _start_run(self) -> None:
+        """Forget everything of an earlier run (a callback object reused by a second trainer starts clean)."""
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.errors = 0
         self.time_spent_s = 0.0  # wall time of this callback's measurements
 
-    # -- wiring -------------------------------------------------------------------------------
-    def subscribe(self, listener: Listener) -> None:
-        """Call `listener(step, metrics)` whenever this callback emits metrics (in process)."""
-        self._listeners.append(listener)
+    # -- per-run state ----------------------------------------------------------------------------
+    def _label(self) -> str:
+        return type(self).__name__
+
+    def export_state(self) -> dict:
+        """What this run has accumulated, as JSON (saved with each checkpoint, restored on resume)."""
+        return {"history": {k: [[s, v] for s, v in points] for k, points in self.history.items()}}
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        for name, points in data.get("history", {}).items():
+            self.history[name] = [(int(s), math.nan if v is None else v) for s, v in points]
 
     def _attach(self, args: TrainingArguments, state: TrainerState) -> None:
-        self._is_main = state.is_world_process_zero
-        if self._is_main and self.jsonl is None:
-            self.jsonl = JsonlSink(os.path.join(args.output_dir, "sftrl", "metrics.jsonl"))
-        callbacks = _trainer_callback_list(self)
-        if callbacks is not None:
-            _move_after_reporters(self, callbacks)
-            # A tuple, so this snapshot is never mistaken for the trainer's list by `_trainer_callback_list`.
-            self.siblings = tuple(cb for cb in callbacks if cb is not self)
+        hub = hub_for(args, state)
+        if hub is self.hub:
+            return
+        if self.hub is not None:
+            self._start_run()
+        self.hub = hub
+        self.key = hub.join(self, self._label())
+        if self.key in hub.restored:
+            self.load_state(hub.restored[self.key])
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._attach(args, state)
 
     # -- output ---------------------------------------------------------------------------------
-    def emit(self, step: int, metrics: Mapping[str, float], **context: Any) -> None:
+    def emit(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
         for name, value in metrics.items():
             self.history[name].append((step, value))
-        if self._is_main:
-            sinks = [s for s in (self.jsonl, *self.sinks, self._trainer_log) if s is not None]
-            for sink in sinks:
-                try:
-                    sink.log(step, metrics, **context)
-                except Exception:
-                    logger.exception("sftrl: sink %s failed; training continues", type(sink).__name__)
-        for listener in self._listeners:
-            listener(step, metrics)
+        self.hub.log(step, metrics, context, self.extra_sinks)
+
+    def publish(self, record: Record) -> None:
+        self.emit(record.step, record.metrics(), **record.context())
+        self.hub.publish(self, record)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        for step, metrics in self._trainer_log.drain():
-            if logs is not None and step == state.global_step:
-                logs.update(metrics)
-                if state.log_history and state.log_history[-1].get("step") == step:
-                    state.log_history[-1].update(metrics)
-            else:
-                state.log_history.append({**metrics, "step": step})
+        if self.hub is not None:
+            self.hub.merge_into_log(state, logs)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.hub is not None:
+            self.hub.member_saved(self.key, state.global_step)
 
     def _flush_now(self, control: TrainerControl) -> None:
         """Ask the trainer to log on this step, so queued metrics reach its log at their own step."""
-        if self._trainer_log.pending:
+        if self.hub.trainer_log.pending:
             control.should_log = True
 
     def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -176,9 +157,16 @@ class _ScheduledMonitor(_MonitorCallback):
 
     _what = "measurement"
 
-    def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
-        super().__init__(strict=strict, sinks=sinks)
+    def _start_run(self) -> None:
+        super()._start_run()
         self._last_step = -1
+
+    def export_state(self) -> dict:
+        return {**super().export_state(), "last_step": self._last_step}
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self._last_step = int(data.get("last_step", -1))
 
     def _active(self) -> bool:
         return True
@@ -209,8 +197,9 @@ class _ScheduledMonitor(_MonitorCallback):
             self._flush_now(control)
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.config.on_train_end and self._measure_once(state, model, processing_class):
-            self.on_log(args, state, control)
+        if self.config.on_train_end and self.hub is not None:
+            self._measure_once(state, model, processing_class)
+            self.hub.merge_into_log(state, None)
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         raise NotImplementedError
@@ -231,7 +220,7 @@ class HeldOutLossConfig:
         default=None, metadata={"help": "Use only the first N examples of each set (None: all)."}
     )
     smoothing: float = field(
-        default=0.6,
+        default=DEFAULT_SMOOTHING,
         metadata={"help": "EMA weight of the previous smoothed value (TensorBoard-style); 0 turns smoothing off."},
     )
     use_trainer_eval: bool = field(
@@ -253,16 +242,16 @@ class HeldOutLossConfig:
 
 
 class HeldOutLossCallback(_ScheduledMonitor):
-    _what = "held-out loss"
-
     """Tracks the loss on held-out SFT examples: the generalization loss that predicts RL gains.
 
     `datasets` is one `Dataset` (named "heldout") or a dict name -> Dataset in any format SFTTrainer
     accepts; examples are tokenized and masked as SFTTrainer does with the trainer's `SFTConfig`.
     Per set it logs `sftrl/heldout/<set>/loss` (token-weighted mean NLL over all scored tokens),
-    `loss_min` and `loss_min_step`, `loss_smoothed` and `gap` (held-out minus the last logged
-    training loss).
+    `loss_min` and `loss_min_step`, `loss_smoothed`, and `gap`: held-out loss minus the training
+    loss the trainer logs at the same step.
     """
+
+    _what = "held-out loss"
 
     def __init__(
         self,
@@ -288,9 +277,22 @@ class HeldOutLossCallback(_ScheduledMonitor):
             if self.config.max_examples:
                 self.datasets[name] = ds.select(range(min(len(ds), self.config.max_examples)))
         self._examples: dict[str, list] = {}
-        self._train_loss: float | None = None
-        self._best: dict[str, tuple[float, int]] = {}
-        self._smoothed: dict[str, float] = {}
+
+    def _start_run(self) -> None:
+        super()._start_run()
+        self._train_loss: tuple[int, float] | None = None  # (step, loss) of the trainer's last logged loss
+        self._awaiting_gap: dict[str, tuple[int, float]] = {}  # set -> (step, held-out loss) without a gap yet
+
+    def _label(self) -> str:
+        return f"HeldOutLossCallback[{','.join(self.set_names) or 'trainer-eval'}]"
+
+    def export_state(self) -> dict:
+        return {**super().export_state(), "train_loss": self._train_loss, "awaiting_gap": self._awaiting_gap}
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self._train_loss = tuple(data["train_loss"]) if data.get("train_loss") else None
+        self._awaiting_gap = {k: tuple(v) for k, v in data.get("awaiting_gap", {}).items()}
 
     @property
     def set_names(self) -> list[str]:
@@ -309,47 +311,46 @@ class HeldOutLossCallback(_ScheduledMonitor):
         return bool(self.datasets)  # with use_trainer_eval the trainer measures, on_evaluate re-logs
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._train_loss = float(logs["loss"])
+        if logs and "loss" in logs and self.hub is not None:
+            self._train_loss = (state.global_step, float(logs["loss"]))
+            for name in list(self._awaiting_gap):
+                self._emit_gap(name)
         super().on_log(args, state, control, logs=logs, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self.config.use_trainer_eval or not metrics:
+        if not self.config.use_trainer_eval or not metrics or self.hub is None:
             return
         for key, value in metrics.items():
             if key == "eval_loss":
-                self._record(state.global_step, "eval", float(value), {"source": "trainer_eval"})
+                self._record(state.global_step, "eval", float(value), source="trainer_eval")
             elif key.startswith("eval_") and key.endswith("_loss"):
-                self._record(
-                    state.global_step, key[len("eval_") : -len("_loss")], float(value), {"source": "trainer_eval"}
-                )
+                self._record(state.global_step, key[len("eval_") : -len("_loss")], float(value), source="trainer_eval")
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         for name, examples in self._examples.items():
             result = heldout_loss(model, examples, batch_size=self.config.batch_size, pad_token_id=pad)
-            context = {"dataset": name, "n_tokens": result.n_tokens, "n_examples": result.n_examples}
-            self._record(state.global_step, name, result.loss, context)
+            self._record(state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples)
 
-    def _record(self, step: int, name: str, loss: float, context: dict) -> None:
-        prefix = f"sftrl/heldout/{name}"
-        best_loss, best_step = self._best.get(name, (math.inf, step))
-        if loss < best_loss:
-            best_loss, best_step = loss, step
-        self._best[name] = (best_loss, best_step)
-        w = self.config.smoothing
-        smoothed = loss if name not in self._smoothed else w * self._smoothed[name] + (1 - w) * loss
-        self._smoothed[name] = smoothed
-        metrics = {
-            f"{prefix}/loss": loss,
-            f"{prefix}/loss_min": best_loss,
-            f"{prefix}/loss_min_step": best_step,
-            f"{prefix}/loss_smoothed": smoothed,
-        }
-        if self._train_loss is not None:
-            metrics[f"{prefix}/gap"] = loss - self._train_loss
-        self.emit(step, metrics, **context)
+    def _record(self, step: int, name: str, loss: float, **context: Any) -> None:
+        history = [*self.history.get(heldout_name(name, "loss"), []), (step, loss)]
+        summary = readiness.running_summary(history, self.config.smoothing)
+        if not math.isfinite(loss):
+            logger.error("sftrl: held-out loss of %r is %s at step %d (NaN / inf weights?)", name, loss, step)
+        self.publish(LossRecord(step, name, loss, summary.minimum, summary.minimum_step, summary.smoothed, **context))
+        self._awaiting_gap[name] = (step, loss)
+        self._emit_gap(name)
+
+    def _emit_gap(self, name: str) -> None:
+        """The gap needs the training loss of the same step, which the trainer logs after `on_step_end`."""
+        step, loss = self._awaiting_gap[name]
+        if self._train_loss is None or self._train_loss[0] < step:
+            return
+        del self._awaiting_gap[name]
+        if self._train_loss[0] == step:
+            train_step, train_loss = self._train_loss
+            self.publish(GapRecord(step, name, loss - train_loss, train_loss, train_step))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,17 +365,18 @@ class PassAtKCallbackConfig(PassAtKConfig):
 
 
 class PassAtKCallback(_ScheduledMonitor):
-    _what = "pass@k"
-
     """Samples n completions per held-out problem at checkpoints and logs pass@k for each k.
 
     `problems` is a `Dataset` (named "heldout") or a dict name -> Dataset with a prompt column (text or
     messages) and an answer column. `verifier` is a `Verifier` or a name ("answer", "math-verify",
-    "toy-steps"); `sampler` defaults to `HFSampler`. Logs `sftrl/passk/<set>/pass@<k>` per k, plus
-    `mean_completion_tokens`, `truncation_rate`, `num_problems` and `samples`; writes the raw
-    per-problem counts and sample completions to `<output_dir>/sftrl/passk/step-<step>_<set>.json`
-    and, on saves, to `<checkpoint>/sftrl/passk_<set>.json`.
+    "toy-steps"); `sampler` defaults to `HFSampler`. Logs `sftrl/passk/<set>/pass@<k>` per k (unbiased
+    estimator), `pass@<K>_extrapolated` for `extrapolate_ks`, plus `mean_completion_tokens`,
+    `truncation_rate`, `num_problems` and `samples`; writes the raw per-problem counts and sample
+    completions to `<output_dir>/sftrl/passk/step-<step>_<set>.json` and, on saves, to
+    `<checkpoint>/sftrl/passk_<set>.json` (a `/` in a set name is written as `%2F` in file names).
     """
+
+    _what = "pass@k"
 
     def __init__(
         self,
@@ -400,60 +402,49 @@ class PassAtKCallback(_ScheduledMonitor):
         self.sampler = sampler or HFSampler()
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
-        self.results: dict[str, list[PassAtKResult]] = defaultdict(list)
-        self._output_dir = "."
+
+    def _start_run(self) -> None:
+        super()._start_run()
+        self.results: dict[str, list[PassAtKResult]] = defaultdict(list)  # this process's results, in memory
+
+    def _label(self) -> str:
+        return f"PassAtKCallback[{','.join(self.set_names)}]"
 
     @property
     def set_names(self) -> list[str]:
         return list(self.problems)
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._attach(args, state)
-        self._output_dir = args.output_dir
-
     def on_save(self, args, state, control, **kwargs):
-        if self._is_main:
-            self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, args, state)
+        if self.hub.is_main:
+            self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state)
+        super().on_save(args, state, control, **kwargs)
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
+        step = state.global_step
         for name, problems in self.problems.items():
-            result = measure_pass_at_k(
-                model, tokenizer, problems, self.verifier, self.config, self.sampler, name, state.global_step
-            )
+            result = measure_pass_at_k(model, tokenizer, problems, self.verifier, self.config, self.sampler, name, step)
             self.results[name].append(result)
-            if self._is_main:
-                result.save(self._step_path(state.global_step, name))
-            self.emit(state.global_step, result.metrics(f"sftrl/passk/{name}"), **result.context())
-            self._log_curve(state.global_step, name, result)
+            self.hub.write_json(self._step_path(step, name), result.to_json())
+            self.publish(result.to_record(step))
+            points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
+            rows = [[k, v, step] for k, v in sorted(points.items())]
+            curve = Table(["k", "pass@k", "step"], rows, ("k", "pass@k"), f"{name}: pass@k vs k at step {step}")
+            self.hub.media(step, passk_name(name, f"curve_step_{step}"), curve, self.extra_sinks)
 
     def _step_path(self, step: int, name: str) -> str:
-        return os.path.join(self._output_dir, "sftrl", "passk", f"step-{step}_{name}.json")
+        return os.path.join(self.hub.output_dir, "sftrl", "passk", f"step-{step}_{file_safe(name)}.json")
 
-    def _copy_to_checkpoint(self, args, state) -> None:
-        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+    def _copy_to_checkpoint(self, state: TrainerState) -> None:
+        checkpoint = self.hub.checkpoint_dir(state.global_step)
         for name in self.problems:
             source = self._step_path(state.global_step, name)
             if os.path.isdir(checkpoint) and os.path.exists(source):
                 os.makedirs(os.path.join(checkpoint, "sftrl"), exist_ok=True)
-                shutil.copyfile(source, os.path.join(checkpoint, "sftrl", f"passk_{name}.json"))
-
-    def _log_curve(self, step: int, name: str, result: PassAtKResult) -> None:
-        """A small pass@k-vs-k table and chart for this checkpoint only (nothing earlier is re-uploaded)."""
-        if not self._is_main or self.wandb.run is None:
-            return
-        import wandb
-
-        points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
-        table = wandb.Table(columns=["k", "pass@k", "step"], data=[[k, v, step] for k, v in sorted(points.items())])
-        chart = wandb.plot.line(table, "k", "pass@k", title=f"{name}: pass@k vs k at step {step}")
-        self.wandb.log_objects(step, {f"sftrl/passk/{name}/curve_step_{step}": chart})
+                shutil.copyfile(source, os.path.join(checkpoint, "sftrl", f"passk_{file_safe(name)}.json"))
 
 
 # ----------------------------------------------------------------------------------------------
-STOP_POLICIES = ("off", "loss", "passk", "either", "both")
-
-
 @dataclass
 class RLReadinessConfig:
     """How `RLReadinessCallback` flags overfitting, stops training and picks the RL-start checkpoint."""
@@ -461,9 +452,11 @@ class RLReadinessConfig:
     loss_set: str | None = field(default=None, metadata={"help": "Held-out set to watch (default: the first)."})
     passk_set: str | None = field(default=None, metadata={"help": "Pass@k problem set to watch (default: the first)."})
     passk_k: int | None = field(
-        default=None, metadata={"help": "The 'large k' to watch (default: the largest logged)."}
+        default=None, metadata={"help": "The 'large k' to watch (default: the largest measured, not extrapolated)."}
     )
-    smoothing: float = field(default=0.3, metadata={"help": "EMA weight for the loss turn detector (0 = none)."})
+    smoothing: float = field(
+        default=DEFAULT_SMOOTHING, metadata={"help": "EMA weight for the loss turn detector (0 = none)."}
+    )
     loss_patience: int = field(default=3, metadata={"help": "Measurements above the minimum that confirm a turn."})
     loss_min_delta: float = field(default=0.01, metadata={"help": "Relative rise over the minimum that counts."})
     passk_patience: int = field(default=2, metadata={"help": "Measurements of decline that confirm it."})
@@ -509,46 +502,88 @@ class RLReadinessConfig:
 class RLReadinessCallback(_MonitorCallback):
     """Turns the held-out loss and pass@k signals into decisions.
 
-    Constructed with no arguments it listens, in process, to the `HeldOutLossCallback` and
-    `PassAtKCallback` on the same trainer (either or both) and:
-    - flags the generalization-loss turning point, pass@large-k falling while pass@1 rises, and a
-      widening train/held-out gap (`sftrl/readiness/<flag>_step` metrics, metrics.jsonl events,
-      W&B alerts);
+    Constructed with no arguments it listens to every `HeldOutLossCallback` and `PassAtKCallback` of
+    the same training run (either or both, in any order); `watch=[...]` names the ones to listen to.
+    It:
+    - flags the generalization-loss turning point, pass@large-k falling while pass@1 rises, a
+      widening train/held-out gap, and NaN / inf measurements (`sftrl/readiness/<flag>_step`
+      metrics, metrics.jsonl events, W&B alerts);
     - stops training on a flag if `early_stopping` asks for it (via `control.should_training_stop`,
       no `metric_for_best_model` needed, compatible with `load_best_model_at_end`);
-    - ranks saved checkpoints by the readiness score (see `readiness.readiness_scores`) and writes
-      the best to `<output_dir>/sftrl/rl_start.json`, protected from checkpoint rotation.
+    - ranks saved checkpoints by the readiness score (`readiness.choose_rl_start`) and writes the best
+      to `<output_dir>/sftrl/rl_start.json`, protected from checkpoint rotation.
     """
 
     def __init__(
-        self, config: RLReadinessConfig | None = None, sinks: Sequence[MetricSink] = (), **config_fields: Any
+        self,
+        config: RLReadinessConfig | None = None,
+        sinks: Sequence[MetricSink] = (),
+        watch: Sequence[TrainerCallback] | None = None,
+        **config_fields: Any,
     ) -> None:
         self.config = _make_config(RLReadinessConfig, config, config_fields)
+        for cb in watch or ():
+            if not isinstance(cb, (HeldOutLossCallback, PassAtKCallback)):
+                raise TypeError(f"watch= takes HeldOutLossCallback / PassAtKCallback objects, got {type(cb).__name__}.")
+        self.watch = list(watch) if watch is not None else None
         super().__init__(strict=self.config.strict, sinks=sinks)
-        self.signals: dict[str, dict[int, float]] = defaultdict(dict)  # metric name -> step -> value
-        self.flags: list[Flag] = []
+
+    def _start_run(self) -> None:
+        super()._start_run()
+        self.tracker = readiness.ReadinessTracker(self.config)
         self.checkpoints: list[int] = []
         self.rl_start: dict | None = None
-        self._stop_after: int | None = None  # measurement steps left before stopping
-        self._counted_step = -1  # the last step counted towards it
-        self._pending_stop = False
-        self._pending_save = False
-        self._listening = False
-        self._choice_stale = False  # new signals or checkpoints since rl_start was last chosen
         self.found: list[str] = []
+        self._checked = False
+
+    @property
+    def flags(self) -> list[Flag]:
+        return self.tracker.flags
+
+    def export_state(self) -> dict:
+        return {
+            **super().export_state(),
+            "tracker": self.tracker.to_json(),
+            "checkpoints": self.checkpoints,
+            "rl_start": self.rl_start,
+        }
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self.tracker.load_json(data["tracker"])
+        self.checkpoints = list(data["checkpoints"])
+        self.rl_start = data["rl_start"]
 
     # -- wiring ---------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
+        fresh = self.hub is None or self.hub is not hub_for(args, state)
         self._attach(args, state)
-        if self._listening:
-            return
-        loss_cbs = [cb for cb in self.siblings if isinstance(cb, HeldOutLossCallback)]
-        passk_cbs = [cb for cb in self.siblings if isinstance(cb, PassAtKCallback)]
-        for cb in loss_cbs + passk_cbs:
-            cb.subscribe(self._on_metrics)
-        self._listening = True
+        if fresh:
+            self.hub.subscribe(self._on_record)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self._checked:  # every callback's on_train_begin has run: the run's members are known
+            self._checked = True
+            self._check_sources()
+
+    def _sources(self) -> list[TrainerCallback]:
+        members = [cb for cb in self.hub.members.values() if isinstance(cb, (HeldOutLossCallback, PassAtKCallback))]
+        return [cb for cb in members if self.watch is None or cb in self.watch]
+
+    def _check_sources(self) -> None:
+        sources = self._sources()
+        if self.watch is not None:
+            missing = [cb for cb in self.watch if cb not in sources]
+            if missing:
+                raise ValueError(
+                    f"RLReadinessCallback(watch=...) names {', '.join(type(cb).__name__ for cb in missing)} "
+                    "that is not among this trainer's callbacks: pass it to the same trainer."
+                )
+        loss_cbs = [cb for cb in sources if isinstance(cb, HeldOutLossCallback)]
+        passk_cbs = [cb for cb in sources if isinstance(cb, PassAtKCallback)]
         if loss_cbs:
-            self.found.append("held-out loss (" + ", ".join(n for cb in loss_cbs for n in cb.set_names) + ")")
+            names = [n for cb in loss_cbs for n in cb.set_names] or ["trainer eval"]
+            self.found.append("held-out loss (" + ", ".join(names) + ")")
         if passk_cbs:
             self.found.append("pass@k (" + ", ".join(n for cb in passk_cbs for n in cb.set_names) + ")")
         if self.found:
@@ -563,107 +598,52 @@ class RLReadinessCallback(_MonitorCallback):
         if self.config.early_stopping in ("passk", "both") and not passk_cbs:
             raise ValueError(f"early_stopping={self.config.early_stopping!r} needs a PassAtKCallback.")
 
-    def _on_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        self._safely("readiness update", self._update, step, metrics)
+    def _on_record(self, source: TrainerCallback, record: Record) -> None:
+        if self.watch is None or source in self.watch:
+            self._safely("readiness update", self._update, record)
 
-    # -- signals --------------------------------------------------------------------------------
-    def _series(self, kind: str) -> list[tuple[int, float]]:
-        name = self._signal_name(kind)
-        return sorted(self.signals.get(name, {}).items()) if name else []
+    def _update(self, record: Record) -> None:
+        for flag in self.tracker.add(record):
+            self._announce(flag)
 
-    def _signal_name(self, kind: str) -> str | None:
-        names = list(self.signals)
-        if kind in ("loss", "gap"):
-            sets = [n.split("/")[2] for n in names if n.startswith("sftrl/heldout/") and n.endswith("/loss")]
-            chosen = self.config.loss_set or (sets[0] if sets else None)
-            return f"sftrl/heldout/{chosen}/{kind}" if chosen else None
-        sets = [n.split("/")[2] for n in names if n.startswith("sftrl/passk/")]
-        chosen = self.config.passk_set or (sets[0] if sets else None)
-        if chosen is None:
-            return None
-        if kind == "pass1":
-            return f"sftrl/passk/{chosen}/pass@1"
-        ks = [int(n.rsplit("@", 1)[1]) for n in names if n.startswith(f"sftrl/passk/{chosen}/pass@")]
-        k = self.config.passk_k or (max(ks) if ks else None)
-        return f"sftrl/passk/{chosen}/pass@{k}" if k else None
-
-    def _update(self, step: int, metrics: Mapping[str, float]) -> None:
-        for name, value in metrics.items():
-            if (name.startswith("sftrl/heldout/") and name.endswith(("/loss", "/gap"))) or "/pass@" in name:
-                if value is not None:
-                    self.signals[name][step] = float(value)
-                    self._choice_stale = True
-        loss = self._series("loss")
-        if self.config.save_loss_minimum and loss and loss[-1][0] == step and loss[-1][1] <= min(v for _, v in loss):
-            self._pending_save = True
-        known = {f.kind for f in self.flags}
-        c = self.config
-        candidates = {
-            "loss_turn": lambda: detect_loss_turn(loss, c.smoothing, c.loss_patience, c.loss_min_delta),
-            "passk_decline": lambda: detect_passk_decline(
-                self._series("passk"), self._series("pass1"), c.passk_patience, c.passk_min_delta
-            ),
-            "gap_widening": lambda: detect_gap_widening(self._series("gap"), c.gap_patience, c.gap_min_delta),
-        }
-        for kind, detect in candidates.items():
-            if kind in known:
-                continue
-            flag = detect()
-            if flag is not None:
-                self._raise_flag(flag)
-        self._count_down_to_stop(step)
-
-    def _raise_flag(self, flag: Flag) -> None:
-        self.flags.append(flag)
+    def _announce(self, flag: Flag) -> None:
+        logger.warning("sftrl flag %s: %s", flag.kind, flag.detail)
         self.emit(
             flag.confirmed_step,
-            {f"sftrl/readiness/{flag.kind}_step": flag.began_step},
+            {readiness_name(f"{flag.kind}_step"): flag.began_step},
             began_step=flag.began_step,
             confirmed_step=flag.confirmed_step,
             detail=flag.detail,
         )
-        if self._is_main:
-            if self.jsonl is not None:
-                self.jsonl.event(
-                    flag.confirmed_step,
-                    f"sftrl/readiness/flag/{flag.kind}",
-                    began_step=flag.began_step,
-                    detail=flag.detail,
-                )
-            self.wandb.alert(f"sftrl: {flag.kind.replace('_', ' ')} at step {flag.began_step}", flag.detail)
-        logger.warning("sftrl flag %s: %s", flag.kind, flag.detail)
-        policy = self.config.early_stopping
-        kinds = {f.kind for f in self.flags}
-        wanted = {
-            "loss": "loss_turn" in kinds,
-            "passk": "passk_decline" in kinds,
-            "either": bool(kinds & {"loss_turn", "passk_decline"}),
-            "both": {"loss_turn", "passk_decline"} <= kinds,
-        }.get(policy, False)
-        if wanted and self._stop_after is None:
-            self._stop_after = self.config.stop_patience + 1
+        self.hub.event(
+            flag.confirmed_step,
+            readiness_name(f"flag/{flag.kind}"),
+            detail=flag.detail,
+            alert=True,
+            extra=self.extra_sinks,
+            title=f"sftrl: {flag.kind.replace('_', ' ')} at step {flag.began_step}",
+            began_step=flag.began_step,
+        )
 
-    def _count_down_to_stop(self, step: int) -> None:
-        # Count measurement steps, not emissions: loss and pass@k both report on a save step.
-        if self._stop_after is not None and not self._pending_stop and step != self._counted_step:
-            self._counted_step = step
-            self._stop_after -= 1
-            if self._stop_after <= 0:
-                self._pending_stop = True
+    def _passk_metric(self) -> str | None:
+        """The metric name of the watched pass@large-k (None before any pass@k arrived)."""
+        _, name, k = self.tracker.watched()
+        return passk_name(name, k) if name and k else None
 
     # -- decisions --------------------------------------------------------------------------------
     def _apply(self, control: TrainerControl, state: TrainerState) -> None:
-        if self._pending_save:
+        if self.tracker.pending_save:
             control.should_save = True
-            self._pending_save = False
-        if self._pending_stop and not control.should_training_stop:
+            self.tracker.pending_save = False
+        if self.tracker.pending_stop and not control.should_training_stop:
             control.should_training_stop = True
             control.should_save = True  # keep the last state too
             logger.warning(
                 "sftrl: stopping training at step %d (early_stopping=%r)", state.global_step, self.config.early_stopping
             )
-            if self.jsonl is not None and self._is_main:
-                self.jsonl.event(state.global_step, "sftrl/readiness/stop", policy=self.config.early_stopping)
+            self.hub.event(
+                state.global_step, readiness_name("stop"), extra=self.extra_sinks, policy=self.config.early_stopping
+            )
 
     def on_step_end(self, args, state, control, **kwargs):
         self._apply(control, state)
@@ -675,110 +655,86 @@ class RLReadinessCallback(_MonitorCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step not in self.checkpoints:
             self.checkpoints.append(state.global_step)
-        self._choice_stale = True
-        self._safely("RL-start choice", self._choose_rl_start, args, state)
+        self._safely("RL-start choice", self._choose_rl_start, state)
+        super().on_save(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._choice_stale:  # the last save usually decided it already
-            self._safely("RL-start choice", self._choose_rl_start, args, state)
-        self.on_log(args, state, control)
-        self._safely("W&B panels", self._log_panels, args, state)
-
-    def _log_panels(self, args, state) -> None:
-        """The run's story for W&B: a timeline table and chart, the rendered report, the choice in the summary."""
-        if not self._is_main or self.wandb.run is None:
+        if self.hub is None:
             return
-        import wandb
+        self.hub.merge_into_log(state, None)
+        self._safely("W&B panels", self._log_panels, state)
 
+    def _log_panels(self, state: TrainerState) -> None:
+        """The run's story: a timeline table and chart, the rendered report (for sinks that take media)."""
+        takes_media = self.hub.wandb.run is not None or any(hasattr(s, "media") for s in self.extra_sinks)
+        if not (self.hub.is_main and takes_media):
+            return
         from .report import render_report
 
-        loss, passk, pass1 = (dict(self._series(k)) for k in ("loss", "passk", "pass1"))
+        loss, passk, pass1 = (dict(self.tracker.series(k)) for k in ("loss", "passk", "pass1"))
         flagged = {f.began_step: f.kind for f in self.flags}
         rows = [
             [s, loss.get(s), passk.get(s), pass1.get(s), flagged.get(s, "")] for s in sorted(set(loss) | set(passk))
         ]
-        table = wandb.Table(columns=["step", "heldout_loss", "pass@large_k", "pass@1", "flag"], data=rows)
-        objects = {"sftrl/readiness/timeline": table}
+        columns = ["step", "heldout_loss", "pass@large_k", "pass@1", "flag"]
+        step, extra = state.global_step, self.extra_sinks
+        self.hub.media(step, readiness_name("timeline"), Table(columns, rows), extra)
         if loss:
-            objects["sftrl/readiness/heldout_loss_chart"] = wandb.plot.line(
-                table, "step", "heldout_loss", title="held-out loss vs step (flags in the timeline table)"
+            chart = Table(
+                columns, rows, ("step", "heldout_loss"), "held-out loss vs step (flags in the timeline table)"
             )
-        png, _ = render_report(args.output_dir)
-        objects["sftrl/readiness/report"] = wandb.Image(png, caption="sftrl report: flags red, RL start green")
-        self.wandb.log_objects(state.global_step, objects)
+            self.hub.media(step, readiness_name("heldout_loss_chart"), chart, extra)
+        png, _ = render_report(self.hub.output_dir)
+        self.hub.media(step, readiness_name("report"), Image(png, "sftrl report: flags red, RL start green"), extra)
 
-    def _choose_rl_start(self, args, state) -> None:
-        if not self._is_main:
+    def _choose_rl_start(self, state: TrainerState) -> None:
+        if not self.hub.is_main:
             return
-        self._choice_stale = False
-        loss, passk, pass1 = (dict(self._series(k)) for k in ("loss", "passk", "pass1"))
-        base = args.output_dir
-        snapshot_dir = os.path.join(base, "sftrl", "rl_start")
-        existing = {s for s in self.checkpoints if os.path.isdir(os.path.join(base, f"checkpoint-{s}"))}
-        protected = self.rl_start["step"] if self.rl_start and os.path.isdir(self.rl_start.get("path") or "") else None
-        steps = sorted(existing | ({protected} if protected is not None else set()))
-        if not steps:
-            return
+        hub = self.hub
+        loss, passk, pass1 = (dict(self.tracker.series(k)) for k in ("loss", "passk", "pass1"))
+        protected = self.rl_start["step"] if self.rl_start and os.path.isdir(self.rl_start["path"]) else None
+        steps = {s for s in self.checkpoints if os.path.isdir(hub.checkpoint_dir(s))}
+        steps = sorted(steps | ({protected} if protected is not None else set()))
         candidates = [Candidate(s, loss.get(s), passk.get(s)) for s in steps]
-        scores = readiness_scores(candidates, self.config.loss_weight, self.config.passk_weight)
-        best = max(steps, key=lambda s: (scores[s], s))
-        original = os.path.join(base, f"checkpoint-{best}")
+        choice = readiness.choose_rl_start(
+            candidates, self.config.loss_weight, self.config.passk_weight, self.flags, self._passk_metric() or "pass@k"
+        )
+        if choice is None:
+            if steps:
+                logger.error("sftrl: no RL-start checkpoint: every saved checkpoint has a NaN / inf signal")
+            return
+        original = hub.checkpoint_dir(choice.step)
         path = original
         if self.config.protect_rl_start:
-            target = os.path.join(snapshot_dir, f"checkpoint-{best}")
-            if not os.path.isdir(target) and os.path.isdir(original):
-                _link_copy(original, target)
-            for old in os.listdir(snapshot_dir) if os.path.isdir(snapshot_dir) else []:
-                if old != f"checkpoint-{best}":
-                    shutil.rmtree(os.path.join(snapshot_dir, old), ignore_errors=True)
-            path = target
-        passk_name = self._signal_name("passk")
-        why = [f"highest readiness score {scores[best]:.3f} among {len(steps)} saved checkpoints"]
-        if loss.get(best) is not None:
-            why.append(
-                f"held-out loss {loss[best]:.4f} (min over checkpoints {min(loss.get(s, math.inf) for s in steps):.4f})"
-            )
-        if passk.get(best) is not None:
-            why.append(f"{passk_name.rsplit('/', 1)[1]} {passk[best]:.3f}")
-        why += [f"flag {f.kind}: {f.detail}" for f in self.flags]
+            path = protect(original, os.path.join(hub.output_dir, "sftrl", "rl_start"))
         self.rl_start = {
-            "path": path,
-            "checkpoint": original,
-            "step": best,
-            "score": scores[best],
+            "path": os.path.abspath(path),
+            "checkpoint": os.path.abspath(original),
+            "step": choice.step,
+            "score": choice.score,
             "metrics": {
-                "heldout_loss": loss.get(best),
-                "passk": passk.get(best),
-                "passk_metric": passk_name,
-                "pass@1": pass1.get(best),
+                "heldout_loss": loss.get(choice.step),
+                "passk": passk.get(choice.step),
+                "passk_metric": self._passk_metric(),
+                "pass@1": pass1.get(choice.step),
             },
-            "why": "; ".join(why),
-            "score_formula": "(w_loss*(L_max-L)/(L_max-L_min) + w_passk*(P-P_min)/(P_max-P_min)) / (w_loss+w_passk)",
+            "why": choice.why,
+            "score_formula": SCORE_FORMULA,
             "weights": {"loss": self.config.loss_weight, "passk": self.config.passk_weight},
-            "flags": [vars(f) for f in self.flags],
-            "ranking": [
-                {"step": s, "score": scores[s], "heldout_loss": loss.get(s), "passk": passk.get(s)}
-                for s in sorted(steps, key=lambda s: -scores[s])
-            ],
+            "flags": [asdict(f) for f in self.flags],
+            "ranking": choice.ranking,
+            "excluded": choice.excluded,
         }
-        os.makedirs(os.path.join(base, "sftrl"), exist_ok=True)
-        with open(os.path.join(base, "sftrl", "rl_start.json"), "w", encoding="utf-8") as f:
-            json.dump(self.rl_start, f, indent=1)
+        hub.write_json(os.path.join(hub.output_dir, "sftrl", "rl_start.json"), self.rl_start)
         self.emit(
-            state.global_step, {"sftrl/readiness/rl_start_step": best, "sftrl/readiness/rl_start_score": scores[best]}
+            state.global_step,
+            {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score},
         )
-        self.wandb.summary(
-            {"sftrl/rl_start/step": best, "sftrl/rl_start/path": path, "sftrl/rl_start/why": self.rl_start["why"]}
+        hub.summary(
+            {
+                "sftrl/rl_start/step": choice.step,
+                "sftrl/rl_start/path": self.rl_start["path"],
+                "sftrl/rl_start/why": choice.why,
+            },
+            self.extra_sinks,
         )
-
-
-def _link_copy(source: str, target: str) -> None:
-    """Copy a checkpoint with hard links (no extra disk) where the filesystem allows, else a real copy."""
-
-    def link_or_copy(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    shutil.copytree(source, target, copy_function=link_or_copy)

@@ -56,6 +56,8 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
 
     from .heldout import heldout_loss, prepare_examples
     from .measure import PassAtKConfig, measure_pass_at_k
+    from .records import file_safe, heldout_name
+    from .sinks import write_json_atomic
     from .verifiers import make_verifier
 
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
@@ -69,7 +71,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
         name, rows = _load_rows(spec)
         examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
         result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=tokenizer.pad_token_id or 0)
-        out["metrics"][f"sftrl/heldout/{name}/loss"] = result.loss
+        out["metrics"][heldout_name(name, "loss")] = result.loss
     if ns.problems:
         config = PassAtKConfig(
             n=ns.n,
@@ -84,11 +86,9 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
         for spec in ns.problems:
             name, rows = _load_rows(spec)
             result = measure_pass_at_k(model, tokenizer, rows, verifier, config, dataset_name=name, step=step)
-            result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{name}.json"))
-            out["metrics"].update(result.metrics(f"sftrl/passk/{name}"))
-    os.makedirs(os.path.join(checkpoint, "sftrl"), exist_ok=True)
-    with open(os.path.join(checkpoint, "sftrl", "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
+            result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
+            out["metrics"].update(result.metrics())
+    write_json_atomic(os.path.join(checkpoint, "sftrl", "eval.json"), out)
     return out
 
 

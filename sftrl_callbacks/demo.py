@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from .records import heldout_name, parse_name
 from .sampling import HFSampler, SamplingParams
 from .sinks import is_wandb_available
 from .toy import build_model, build_tokenizer, final_answer, make_splits
@@ -117,12 +118,12 @@ def run_demo(
         if wandb.run is not None:
             wandb.finish()
     accuracy = greedy_accuracy(trainer.model, tokenizer, splits.heldout_problems)
-    losses = [
-        (h["step"], h["sftrl/heldout/mixed/loss"]) for h in trainer.state.log_history if "sftrl/heldout/mixed/loss" in h
-    ]
+    loss_name = heldout_name("mixed", "loss")
+    losses = [(h["step"], h[loss_name]) for h in trainer.state.log_history if loss_name in h]
     passk = []
     for h in trainer.state.log_history:
-        ks = {int(key.rsplit("@", 1)[1]): v for key, v in h.items() if key.startswith("sftrl/passk/mixed/pass@")}
+        parsed = {key: parse_name(key) for key in h}
+        ks = {p.k: h[key] for key, p in parsed.items() if p and p.dataset == "mixed" and p.k is not None}
         if ks:
             passk.append((h["step"], ks))
     return DemoResult(

@@ -7,7 +7,6 @@ the same numbers for the same model, problems and seed.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -16,7 +15,9 @@ import numpy as np
 from datasets import Dataset
 
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
+from .records import PassAtKRecord
 from .sampling import HFSampler, Sampler, SamplingParams
+from .sinks import write_json_atomic
 from .verifiers import Verifier
 
 
@@ -111,14 +112,25 @@ class PassAtKResult:
     wall_time_s: float
     examples: list[dict[str, Any]]
 
-    def metrics(self, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}/pass@{k}": v for k, v in self.pass_at_k.items()}
-        out.update({f"{prefix}/pass@{k}": v["estimate"] for k, v in self.extrapolated.items()})
-        out[f"{prefix}/mean_completion_tokens"] = self.mean_completion_tokens
-        out[f"{prefix}/truncation_rate"] = self.truncation_rate
-        out[f"{prefix}/num_problems"] = self.num_problems
-        out[f"{prefix}/samples"] = int(sum(self.n))
-        return out
+    def to_record(self, step: int | None = None) -> PassAtKRecord:
+        """The typed record the callbacks publish (measured and extrapolated ks kept apart)."""
+        return PassAtKRecord(
+            step=self.step if step is None else step,
+            dataset=self.dataset,
+            pass_at_k=dict(self.pass_at_k),
+            extrapolated={k: v["estimate"] for k, v in self.extrapolated.items()},
+            extra={
+                "mean_completion_tokens": self.mean_completion_tokens,
+                "truncation_rate": self.truncation_rate,
+                "num_problems": self.num_problems,
+                "samples": int(sum(self.n)),
+            },
+            context_=self.context(),
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """`{metric name: value}` as the callbacks log them (names from `records`)."""
+        return self.to_record().metrics()
 
     def context(self) -> dict[str, Any]:
         """How every metric of this result was measured (goes next to each JSONL record)."""
@@ -134,9 +146,7 @@ class PassAtKResult:
         return asdict(self)
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, indent=1)
+        write_json_atomic(path, self.to_json())
 
 
 def load_result(path: str) -> PassAtKResult:

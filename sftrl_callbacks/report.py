@@ -11,9 +11,9 @@ import glob
 import html
 import json
 import os
-import re
 from collections import defaultdict
 
+from .records import parse_name
 from .sinks import read_jsonl
 
 
@@ -31,12 +31,11 @@ def _load(output_dir: str) -> dict:
             series[r["name"]][int(r["step"])] = float(r["value"])
     curves = defaultdict(dict)  # set -> step -> {k: value}
     for p in glob.glob(os.path.join(base, "passk", "step-*_*.json")):
-        match = re.match(r"step-(\d+)_(.+)\.json$", os.path.basename(p))
         with open(p, encoding="utf-8") as f:
             data = json.load(f)
         points = {int(k): v for k, v in data["pass_at_k"].items()}
         points.update({int(k): v["estimate"] for k, v in data.get("extrapolated", {}).items()})
-        curves[match[2]][int(match[1])] = points
+        curves[data["dataset"]][int(data["step"])] = points
     rl_start = None
     if os.path.exists(os.path.join(base, "rl_start.json")):
         with open(os.path.join(base, "rl_start.json"), encoding="utf-8") as f:
@@ -71,21 +70,15 @@ def render_report(output_dir: str) -> tuple[str, str]:
         if rl_start:
             ax.axvline(rl_start["step"], color="tab:green", lw=2, alpha=0.6)
 
-    def order(item):  # pass@2 before pass@16
-        match = re.search(r"@(\d+)$", item[0])
-        return (re.sub(r"@\d+$", "", item[0]), int(match[1]) if match else 0)
-
-    for name, points in sorted(series.items(), key=order):
-        if re.fullmatch(r"sftrl/heldout/[^/]+/loss", name):
-            steps = sorted(points)
-            ax_loss.plot(steps, [points[s] for s in steps], "o-", ms=3, label=name.split("/")[2])
-        if re.fullmatch(r"sftrl/heldout/[^/]+/gap", name):
-            steps = sorted(points)
-            ax_gap.plot(steps, [points[s] for s in steps], "o-", ms=3, label=name.split("/")[2])
-        match = re.fullmatch(r"sftrl/passk/([^/]+)/pass@(\d+)", name)
-        if match:
-            steps = sorted(points)
-            ax_passk.plot(steps, [points[s] for s in steps], "o-", ms=3, label=f"{match[1]} pass@{match[2]}")
+    parsed = {name: metric for name in series if (metric := parse_name(name)) is not None}
+    for name, metric in sorted(parsed.items(), key=lambda item: (item[1].dataset or "", item[1].k or 0)):
+        points = series[name]
+        steps = sorted(points)
+        if metric.group == "heldout" and metric.field in ("loss", "gap"):
+            ax = ax_loss if metric.field == "loss" else ax_gap
+            ax.plot(steps, [points[s] for s in steps], "o-", ms=3, label=metric.dataset)
+        if metric.k is not None:
+            ax_passk.plot(steps, [points[s] for s in steps], "o-", ms=3, label=f"{metric.dataset} pass@{metric.k}")
     ax_loss.set(title="held-out loss vs step (token-weighted NLL)", xlabel="step", ylabel="loss")
     ax_passk.set(title="pass@k vs step", xlabel="step", ylabel="pass@k", ylim=(-0.02, 1.02))
     ax_gap.set(title="held-out minus training loss", xlabel="step", ylabel="gap")

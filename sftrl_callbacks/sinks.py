@@ -1,8 +1,14 @@
-"""Where metrics go: a small `MetricSink` protocol with W&B, JSONL and trainer-log sinks.
+"""Where results go: the `MetricSink` protocol and its W&B, JSONL and trainer-log sinks.
 
-Every metric is a (step, name, value) triple on the trainer's global-step axis. W&B gets it under
-its own name (`sftrl/...`) with `train/global_step` as the x-axis; the JSONL file keeps everything
-when W&B is down or absent; the trainer-log sink hands it to `Trainer.log` consumers.
+A sink takes scalars (`log`), events (`event`: a flag, a stop, a chosen checkpoint), run summaries
+(`summary`) and media (`media`: a `Table`, optionally drawn as a line chart, or an `Image`). Only
+`log` is required: a sink without one of the other methods simply does not receive that kind.
+Every metric sits on the trainer's global-step axis. W&B gets it under its own name (`sftrl/...`)
+with `train/global_step` as the x-axis; the JSONL file keeps everything when W&B is down or absent.
+
+Files are written so that a crash mid-write leaves them readable: JSON files atomically (temp file +
+rename), JSONL appends as whole lines in one write, and `read_jsonl` skips a torn last line.
+Non-finite values are written as `null` with the reason (`"invalid": "nan"`), never as bare NaN.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 logger = logging.getLogger("sftrl_callbacks")
@@ -25,110 +33,260 @@ def is_wandb_available() -> bool:
     return importlib.util.find_spec("wandb") is not None
 
 
+@dataclass(frozen=True)
+class Table:
+    """A small table; `line=(x, y)` also draws it as a line chart where the sink can."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    line: tuple[str, str] | None = None
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str
+    caption: str = ""
+
+
 @runtime_checkable
 class MetricSink(Protocol):
-    def log(self, step: int, metrics: Mapping[str, float], **context: Any) -> None:
+    def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
         """Record `metrics` at trainer step `step`; `context` describes how they were measured."""
         ...
 
 
-class JsonlSink:
-    """Appends one JSON object a metric to `path`: {"step", "name", "value", "time", ...context}."""
+class FullSink(MetricSink, Protocol):
+    """The optional methods a sink may add to `log` (all are looked up with getattr)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None: ...
 
-    def log(self, step: int, metrics: Mapping[str, float], **context: Any) -> None:
-        now = time.time()
-        with open(self.path, "a", encoding="utf-8") as f:
-            for name, value in metrics.items():
-                record = {"step": int(step), "name": name, "value": _plain(value), "time": now, **context}
-                f.write(json.dumps(record, default=str) + "\n")
+    def summary(self, values: Mapping[str, Any]) -> None: ...
 
-    def event(self, step: int, name: str, **payload: Any) -> None:
-        """A non-scalar event (a flag, a chosen checkpoint): `value` is None, details in the payload."""
-        with open(self.path, "a", encoding="utf-8") as f:
-            record = {"step": int(step), "name": name, "value": None, "time": time.time(), **payload}
-            f.write(json.dumps(record, default=str) + "\n")
+    def media(self, step: int, name: str, item: Table | Image) -> None: ...
+
+
+def plain(value: Any) -> Any:
+    """A JSON-safe scalar: tensors and numpy numbers unwrapped, NaN / inf turned into None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def invalid_reason(value: Any) -> str | None:
+    """ "nan" / "inf" / "-inf" for a non-finite number, else None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return None
+
+
+def json_safe(data: Any) -> Any:
+    """Replace non-finite floats (anywhere in nested dicts / lists) by None, so the JSON is valid."""
+    if isinstance(data, Mapping):
+        return {str(k): json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return plain(data)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
+    """Write JSON to a temp file beside `path`, then rename: readers see the old or the new file, never half."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(json_safe(data), f, indent=indent, allow_nan=False, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """All records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # no newline after it: it was being written when the writer died
+                logger.warning("%s: skipping a torn last line (%d characters)", os.fspath(path), len(line))
+                continue
+            raise ValueError(f"{os.fspath(path)} line {i + 1} is not valid JSON: {err}") from err
+    return records
+
+
+class JsonlSink:
+    """Appends one JSON object a metric to `path`: {"step", "name", "value", "time", ...context}.
+
+    `lines` counts the whole lines the file holds, so a resumed run can cut it back to what its
+    checkpoint had seen (`truncate`).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self.lines = _count_lines(self.path)
+
+    def _append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        text = "".join(json.dumps(r, default=str, allow_nan=False) + "\n" for r in records)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(text)  # one write of whole lines
+        self.lines += len(records)
+
+    def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
+        now = time.time()
+        records = []
+        for name, value in metrics.items():
+            record = {"step": int(step), "name": name, "value": plain(value), "time": now, **json_safe(context)}
+            reason = invalid_reason(value)
+            if reason:
+                record["invalid"] = reason
+            records.append(record)
+        self._append(records)
+
+    def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None:
+        """A non-scalar event (a flag, a stop): `value` is None, the details in the payload."""
+        record = {"step": int(step), "name": name, "value": None, "time": time.time(), "detail": detail}
+        self._append([{**record, **json_safe(payload)}])
+
+    def truncate(self, lines: int) -> None:
+        """Keep the first `lines` lines (what a checkpoint had seen); the resumed run writes the rest again."""
+        if not os.path.exists(self.path):
+            self.lines = 0
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = f.read().split("\n")[:lines]
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        self.lines = len(kept)
+
+
+def _count_lines(path: str) -> int:
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return f.read().count("\n")
+
+
+def reports_to_wandb(report_to: str | Sequence[str] | None) -> bool:
+    """Whether `TrainingArguments.report_to` asks for W&B ("all" means every installed integration)."""
+    if report_to is None:
+        return False
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    return "wandb" in names or ("all" in names and is_wandb_available())
 
 
 class WandbSink:
-    """Logs to the active W&B run (if any) on the `train/global_step` axis.
+    """Logs to the active W&B run, on the `train/global_step` axis, when the trainer reports to W&B.
 
     It never passes an explicit `step=` to `wandb.log`: W&B drops points whose step is below its
     current one, and the trainer's own W&B callback advances that step on every log call.
     """
 
-    def __init__(self) -> None:
-        self._defined = False
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and is_wandb_available()
+        self._defined_for = None
 
     @property
     def run(self):
-        if not is_wandb_available():
+        if not self.enabled:
             return None
         import wandb
 
-        return wandb.run
-
-    def _define(self, run) -> None:
-        if not self._defined:
+        run = wandb.run
+        if run is not None and self._defined_for is not run:
             run.define_metric(STEP_METRIC)
             run.define_metric("sftrl/*", step_metric=STEP_METRIC, step_sync=True)
-            self._defined = True
+            self._defined_for = run
+        return run
 
-    def log(self, step: int, metrics: Mapping[str, float], **context: Any) -> None:
+    def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
         run = self.run
-        if run is None:
-            return
-        self._define(run)
-        run.log({**{k: _plain(v) for k, v in metrics.items()}, STEP_METRIC: int(step)})
+        if run is not None:
+            values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items() if v is not None}
+            run.log({**values, STEP_METRIC: int(step)})
 
-    def log_objects(self, step: int, objects: Mapping[str, Any]) -> None:
-        """Tables and charts (already W&B objects) at `step`."""
+    def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None:
         run = self.run
-        if run is None:
-            return
-        self._define(run)
-        run.log({**objects, STEP_METRIC: int(step)})
-
-    def alert(self, title: str, text: str) -> None:
-        run = self.run
-        if run is None:
+        if run is None or not alert:
             return
         try:
-            run.alert(title=title, text=text)
-        except Exception as err:  # offline runs may refuse alerts; the flag is in the metrics anyway
-            logger.warning("W&B alert %r not sent: %s", title, err)
+            run.alert(title=payload.get("title", name), text=detail)
+        except Exception as err:  # offline runs may refuse alerts; the event is in the metrics anyway
+            logger.warning("W&B alert %r not sent: %s", name, err)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         run = self.run
         if run is not None:
-            run.summary.update(dict(values))
+            run.summary.update(json_safe(dict(values)))
+
+    def media(self, step: int, name: str, item: Table | Image) -> None:
+        run = self.run
+        if run is None:
+            return
+        import wandb
+
+        if isinstance(item, Image):
+            objects = {name: wandb.Image(item.path, caption=item.caption)}
+        else:
+            table = wandb.Table(columns=item.columns, data=item.rows)
+            objects = {name: table}
+            if item.line is not None:
+                objects = {name: wandb.plot.line(table, *item.line, title=item.title)}
+        run.log({**objects, STEP_METRIC: int(step)})
 
 
 class TrainerLogSink:
-    """Queues metrics until the next `on_log`, where callbacks merge them into the trainer's log."""
+    """Queues metrics until the next `on_log`, where the callbacks merge them into the trainer's log."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.pending: list[tuple[int, dict[str, Any]]] = []
 
-    def log(self, step: int, metrics: Mapping[str, float], **context: Any) -> None:
-        self.pending.append((int(step), {k: _plain(v) for k, v in metrics.items()}))
+    def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
+        self.pending.append((int(step), {k: plain(v) for k, v in metrics.items()}))
 
-    def drain(self) -> list[tuple[int, dict[str, float]]]:
+    def drain(self) -> list[tuple[int, dict[str, Any]]]:
         out, self.pending = self.pending, []
         return out
 
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else value
-    return value
+@dataclass
+class FailureLog:
+    """Logs the first failure of each place loudly (with where and why), then at most once a minute."""
+
+    interval_s: float = 60.0
+    _seen: dict[str, list[float]] = field(default_factory=dict)  # key -> [count, last logged time]
+
+    def report(self, key: str, where: str, err: BaseException) -> None:
+        count, last = self._seen.get(key, [0, -math.inf])
+        count += 1
+        now = time.monotonic()
+        if count == 1:
+            logger.error(
+                "sftrl: %s failed (%s: %s); the other outputs and training go on", where, type(err).__name__, err
+            )
+            last = now
+        elif now - last >= self.interval_s:
+            logger.error("sftrl: %s failed again (%d failures so far): %s", where, count, err)
+            last = now
+        self._seen[key] = [count, last]
+
+    @property
+    def total(self) -> int:
+        return int(sum(c for c, _ in self._seen.values()))

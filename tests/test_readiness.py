@@ -63,17 +63,19 @@ def test_readiness_score_formula():
 
 
 def test_stop_patience_counts_measurement_steps_not_emissions():
-    from sftrl_callbacks import RLReadinessCallback
+    from sftrl_callbacks import RLReadinessConfig
+    from sftrl_callbacks.readiness import ReadinessTracker
+    from sftrl_callbacks.records import LossRecord, PassAtKRecord
 
-    readiness = RLReadinessCallback(early_stopping="loss", stop_patience=1)
+    tracker = ReadinessTracker(RLReadinessConfig(early_stopping="loss", stop_patience=1))
     losses = [1.0, 0.8, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
     stop_steps = []
     for i, loss in enumerate(losses):
         step = 10 * (i + 1)
         # Both callbacks report on the same (save) step, as they do in training.
-        readiness._update(step, {"sftrl/heldout/h/loss": loss})
-        readiness._update(step, {"sftrl/passk/p/pass@1": 0.1, "sftrl/passk/p/pass@8": 0.5})
-        if readiness._pending_stop and not stop_steps:
+        tracker.add(LossRecord(step, "h", loss, None, None, None))
+        tracker.add(PassAtKRecord(step, "p", {1: 0.1, 8: 0.5}))
+        if tracker.pending_stop and not stop_steps:
             stop_steps.append(step)
-    turn = next(f for f in readiness.flags if f.kind == "loss_turn")
+    turn = next(f for f in tracker.flags if f.kind == "loss_turn")
     assert stop_steps == [turn.confirmed_step + 10]  # one more measurement step, not one more emission

@@ -1,0 +1,44 @@
+"""Keeping the chosen RL-start checkpoint out of reach of `save_total_limit` rotation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+
+def link_copy(source: str, target: str) -> None:
+    """Copy a checkpoint folder with hard links (no extra disk) where the filesystem allows, else a real copy.
+
+    The copy is built under a temporary name and renamed into place, so a crash never leaves a
+    half-copied folder under `target`.
+    """
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    partial = target + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, copy_function=link_or_copy)
+    os.replace(partial, target)
+
+
+def protect(checkpoint: str, snapshot_dir: str) -> str:
+    """Make `<snapshot_dir>/<name of checkpoint>` hold a copy of `checkpoint` and nothing else; return its path.
+
+    The copy of the previous choice is deleted only once the new one is in place. If `checkpoint`
+    is already gone (rotated away) its existing copy is kept as it is.
+    """
+    name = os.path.basename(os.path.normpath(checkpoint))
+    target = os.path.join(snapshot_dir, name)
+    if not os.path.isdir(target):
+        if not os.path.isdir(checkpoint):
+            raise FileNotFoundError(f"{checkpoint} no longer exists and has no protected copy in {snapshot_dir}")
+        os.makedirs(snapshot_dir, exist_ok=True)
+        link_copy(checkpoint, target)
+    for old in os.listdir(snapshot_dir):
+        if old != name:
+            shutil.rmtree(os.path.join(snapshot_dir, old), ignore_errors=True)
+    return os.path.abspath(target)
