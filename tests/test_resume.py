@@ -1,0 +1,59 @@
+"""A run hard-killed (SIGKILL) mid-training and resumed equals the uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from sftrl_callbacks.sinks import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(out, *flags):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-m", "tests.resume_run", str(out), *flags], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "out"
+    proc = _run(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [70, 110])
+def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, kill_at):
+    out = tmp_path / "out"
+    killed = _run(out, "--kill-at", str(kill_at))
+    assert killed.returncode == -signal.SIGKILL
+    before = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    assert max(r["step"] for r in before) == kill_at  # records after the last checkpoint exist...
+    resumed = _run(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed the monitor state" in resumed.stderr
+
+    full = read_jsonl(uninterrupted / "sftrl" / "metrics.jsonl")
+    got = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    keys = [(r["step"], r["name"]) for r in got]
+    assert keys == [(r["step"], r["name"]) for r in full]  # ...and are neither duplicated nor missing
+    assert len(set(keys)) == len(keys)
+    for a, b in zip(full, got):
+        assert a["value"] == pytest.approx(b["value"], abs=1e-4), (a, b)
+
+    want = json.loads((uninterrupted / "sftrl" / "rl_start.json").read_text())
+    start = json.loads((out / "sftrl" / "rl_start.json").read_text())
+    assert start["step"] == want["step"] and start["flags"] == want["flags"]
+    assert [r["step"] for r in start["ranking"]] == [r["step"] for r in want["ranking"]]
+    assert os.path.isabs(start["path"]) and os.path.isfile(os.path.join(start["path"], "model.safetensors"))
+    if kill_at == 110:  # the chosen checkpoint was rotated away before the kill: only its protected copy is left
+        assert not os.path.isdir(start["checkpoint"]) and start["path"].startswith(str(out / "sftrl" / "rl_start"))
+    flags = {r["name"] for r in got if "/flag/" in r["name"]}
+    assert flags == {"sftrl/readiness/flag/loss_turn", "sftrl/readiness/flag/gap_widening"}
