@@ -126,7 +126,7 @@ class _MonitorCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if self.hub is not None:
-            self.hub.member_saved(self.key, state.global_step)
+            self.hub.member_saved(self.key, state)
 
     def _flush_now(self, control: TrainerControl) -> None:
         """Ask the trainer to log on this step, so queued metrics reach its log at their own step."""

@@ -96,7 +96,7 @@ class RunHub:
         for sink in self._sinks(extra):
             fn = getattr(sink, method, None)
             if fn is not None:
-                self._guard(f"{id(sink)}.{method}", f"{method} to {self._where(sink)}", fn, *args, **kwargs)
+                self._guard(str(id(sink)), f"{method} to {self._where(sink)}", fn, *args, **kwargs)
 
     def log(self, step: int, metrics: Mapping[str, float | None], context: Mapping[str, Any], extra=()) -> None:
         self._each("log", extra, step, metrics, **context)
@@ -122,21 +122,24 @@ class RunHub:
         return bool(self._guard(f"json:{os.path.dirname(path)}", f"writing {path}", write))
 
     def merge_into_log(self, state: Any, logs: dict | None) -> None:
-        """Put queued metrics into the trainer's log at the step they were measured."""
+        """Put queued metrics into the trainer's log (`logs` of this `on_log`, `state.log_history`) at their step."""
         for step, metrics in self.trainer_log.drain():
             if logs is not None and step == state.global_step:
-                logs.update(metrics)
-                if state.log_history and state.log_history[-1].get("step") == step:
-                    state.log_history[-1].update(metrics)
-            else:
+                logs.update(metrics)  # what the integrations after us and the console printer see
+            entry = next((h for h in reversed(state.log_history) if h.get("step") == step), None)
+            if entry is None:
                 state.log_history.append({**metrics, "step": step})
+            else:
+                entry.update(metrics)
 
     # -- checkpoints and resume ----------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> str:
         return os.path.join(self.output_dir, f"checkpoint-{step}")
 
-    def member_saved(self, key: str, step: int) -> None:
+    def member_saved(self, key: str, state: Any) -> None:
         """Called by each member at the end of its `on_save`; the last one writes the state file."""
+        self.merge_into_log(state, None)  # what was decided on the save (the RL start) joins the step's log entry
+        step = int(state.global_step)
         done = self._saved.setdefault(step, set())
         done.add(key)
         if done >= set(self.members) and self.is_main and os.path.isdir(self.checkpoint_dir(step)):

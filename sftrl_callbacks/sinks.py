@@ -113,6 +113,8 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
+    if not os.path.isfile(path):  # a device or a folder in its place would be read forever or fail obscurely
+        raise FileNotFoundError(f"{os.fspath(path)} is not a regular file")
     with open(path, encoding="utf-8") as f:
         lines = f.read().split("\n")
     records = []
@@ -178,7 +180,7 @@ class JsonlSink:
 
 
 def _count_lines(path: str) -> int:
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         return 0
     with open(path, encoding="utf-8") as f:
         return f.read().count("\n")

@@ -50,7 +50,13 @@ def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits,
     assert math.isclose(jsonl[30], final, abs_tol=1e-4)
     mins = _losses(records, "sftrl/heldout/mixed/loss_min")
     assert mins[30] == min(jsonl.values())
-    assert "sftrl/heldout/mixed/gap" in {r["name"] for r in records}
+    # The gap is taken against the training loss the trainer logged at the same step.
+    gaps = {r["step"]: r for r in records if r["name"] == "sftrl/heldout/mixed/gap"}
+    train = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    assert sorted(gaps) == sorted(jsonl)
+    for step, record in gaps.items():
+        assert record["train_loss_step"] == step
+        assert record["value"] == pytest.approx(jsonl[step] - train[step], abs=1e-9)
 
 
 def test_works_without_wandb_and_with_eval_strategy(tmp_path, tokenizer, splits):
