@@ -60,7 +60,7 @@ class RunHub:
 
     # -- members and records --------------------------------------------------------------------
     def join(self, callback: Any, label: str) -> str:
-        """Register a callback; returns its key (unique in this run) and its restored state, if any."""
+        """Register a callback; returns its key, unique in this run (its restored state is `restored[key]`)."""
         key, i = label, 2
         while key in self.members:
             key, i = f"{label}#{i}", i + 1

@@ -8,7 +8,6 @@ field contains `/`, so the set is whatever lies between them.
 
 from __future__ import annotations
 
-import math
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,10 +60,6 @@ def parse_name(name: str) -> MetricName | None:
 def file_safe(dataset: str) -> str:
     """A set name usable as part of a file name (reversible: `math/val` -> `math%2Fval`)."""
     return urllib.parse.quote(dataset, safe="")
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
 
 
 @dataclass(frozen=True)

@@ -51,19 +51,12 @@ class Image:
 
 @runtime_checkable
 class MetricSink(Protocol):
+    """Required: `log`. Optional (looked up with getattr): `event(step, name, detail="", alert=False,
+    **payload)`, `summary(values)` and `media(step, name, item)` with a `Table` or an `Image`."""
+
     def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
         """Record `metrics` at trainer step `step`; `context` describes how they were measured."""
         ...
-
-
-class FullSink(MetricSink, Protocol):
-    """The optional methods a sink may add to `log` (all are looked up with getattr)."""
-
-    def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None: ...
-
-    def summary(self, values: Mapping[str, Any]) -> None: ...
-
-    def media(self, step: int, name: str, item: Table | Image) -> None: ...
 
 
 def plain(value: Any) -> Any:
