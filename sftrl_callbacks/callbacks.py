@@ -106,6 +106,10 @@ class _MonitorCallback(TrainerCallback):
         self.key = hub.join(self, self._label())
         if self.key in hub.restored:
             self.load_state(hub.restored[self.key])
+        self._joined(hub)
+
+    def _joined(self, hub: RunHub) -> None:
+        """Called once per run, when this callback joins its hub."""
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._attach(args, state)
@@ -276,10 +280,10 @@ class HeldOutLossCallback(_ScheduledMonitor):
                 raise ValueError(f"Held-out set {name!r} is empty: give it at least one example.")
             if self.config.max_examples:
                 self.datasets[name] = ds.select(range(min(len(ds), self.config.max_examples)))
-        self._examples: dict[str, list] = {}
 
     def _start_run(self) -> None:
         super()._start_run()
+        self._examples: dict[str, list] = {}  # tokenized with this run's SFTConfig
         self._train_loss: tuple[int, float] | None = None  # (step, loss) of the trainer's last logged loss
         self._awaiting_gap: dict[str, tuple[int, float]] = {}  # set -> (step, held-out loss) without a gap yet
 
@@ -555,11 +559,8 @@ class RLReadinessCallback(_MonitorCallback):
         self.rl_start = data["rl_start"]
 
     # -- wiring ---------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, **kwargs):
-        fresh = self.hub is None or self.hub is not hub_for(args, state)
-        self._attach(args, state)
-        if fresh:
-            self.hub.subscribe(self._on_record)
+    def _joined(self, hub: RunHub) -> None:
+        hub.subscribe(self._on_record)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if not self._checked:  # every callback's on_train_begin has run: the run's members are known

@@ -55,7 +55,6 @@ class RunHub:
         self._listeners: list[Listener] = []
         self._saved: dict[int, set[str]] = {}
         self.restored: dict[str, dict] = {}
-        self.resumed_from: str | None = None
         self._guard("resume", "restoring the sftrl state", self._prepare_outputs, args, state)
 
     # -- members and records --------------------------------------------------------------------
@@ -164,7 +163,6 @@ class RunHub:
                     saved = json.load(f)
                 if int(saved.get("step", -1)) == step:
                     self.restored = saved["members"]
-                    self.resumed_from = checkpoint
                     if self.jsonl is not None:
                         self.jsonl.truncate(int(saved["jsonl_lines"]))
                     logger.warning("sftrl: resumed the monitor state of step %d from %s", step, path)

@@ -281,7 +281,3 @@ class FailureLog:
             logger.error("sftrl: %s failed again (%d failures so far): %s", where, count, err)
             last = now
         self._seen[key] = [count, last]
-
-    @property
-    def total(self) -> int:
-        return int(sum(c for c, _ in self._seen.values()))
