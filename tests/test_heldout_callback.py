@@ -41,7 +41,8 @@ def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits,
     in_wandb = {
         r["train/global_step"]: r["sftrl/heldout/mixed/loss"] for r in history if "sftrl/heldout/mixed/loss" in r
     }
-    assert in_wandb == pytest.approx(jsonl, abs=1e-12)
+    keys = sorted({k for r in history for k in r})
+    assert in_wandb == pytest.approx(jsonl, abs=1e-12), f"W&B history: {len(history)} rows, keys {keys[:40]}"
     # The trainer's own W&B callback must not duplicate them under train/...
     assert not any(k.startswith("train/sftrl") for r in history for k in r)
 
