@@ -27,6 +27,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from . import readiness
 from .checkpoints import protect
+from .checks import check_types, require
 from .heldout import examples_from_trainer_args, heldout_loss
 from .hub import RunHub, hub_for
 from .measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
@@ -40,9 +41,9 @@ from .records import (
     passk_name,
     readiness_name,
 )
-from .sampling import HFSampler, Sampler
+from .sampling import HFSampler, Sampler, pad_token_id
 from .sinks import Image, MetricSink, Table
-from .verifiers import Verifier, make_verifier
+from .verifiers import GuardedVerifier, Verifier, make_verifier, probe_verifier
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -59,6 +60,16 @@ def _make_config(config_cls: type, config: Any, overrides: dict) -> Any:
     if overrides:
         raise TypeError("Pass either config= or keyword fields, not both.")
     return config
+
+
+def _check_schedule(config: Any, owner: str, measures_elsewhere: bool = False) -> None:
+    every = config.every_n_steps
+    require(config, "every_n_steps", every is None or every >= 0, "must be >= 0 or None (None / 0: off)")
+    if not (every or config.on_save or config.on_train_end or measures_elsewhere):
+        raise ValueError(
+            f"{type(config).__name__}: every_n_steps={every!r}, on_save=False and on_train_end=False: "
+            f"{owner} would never measure; turn one of them on."
+        )
 
 
 def _check_sinks(sinks: Sequence[Any]) -> list[Any]:
@@ -175,6 +186,17 @@ class _ScheduledMonitor(_MonitorCallback):
     def _active(self) -> bool:
         return True
 
+    def _joined(self, hub: RunHub) -> None:
+        for other in hub.members.values():
+            if other is self or type(other) is not type(self):
+                continue
+            clash = set(self.set_names) & set(other.set_names)
+            if clash:
+                raise ValueError(
+                    f"Two {type(self).__name__}s on one trainer both measure set(s) {sorted(clash)}: their metrics "
+                    "would overwrite each other; give the sets different names."
+                )
+
     def _due(self, state: TrainerState, control: TrainerControl) -> bool:
         every = self.config.every_n_steps
         return bool(
@@ -237,12 +259,11 @@ class HeldOutLossConfig:
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
 
     def __post_init__(self) -> None:
-        if self.every_n_steps is not None and self.every_n_steps < 0:
-            raise ValueError("every_n_steps must be >= 0 or None.")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1.")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError("smoothing must be in [0, 1).")
+        check_types(self)
+        _check_schedule(self, "HeldOutLossCallback", self.use_trainer_eval)
+        require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "must be >= 1 or None")
+        require(self, "smoothing", 0.0 <= self.smoothing < 1.0, "must be in [0, 1) (0 = no smoothing)")
 
 
 class HeldOutLossCallback(_ScheduledMonitor):
@@ -276,7 +297,7 @@ class HeldOutLossCallback(_ScheduledMonitor):
         for name, ds in self.datasets.items():
             if not isinstance(ds, Dataset):
                 raise TypeError(f"Held-out set {name!r} must be a datasets.Dataset, got {type(ds).__name__}.")
-            if len(ds) == 0:
+            if len(ds) == 0:  # its format is checked at train start, with the SFTConfig's text field
                 raise ValueError(f"Held-out set {name!r} is empty: give it at least one example.")
             if self.config.max_examples:
                 self.datasets[name] = ds.select(range(min(len(ds), self.config.max_examples)))
@@ -304,9 +325,17 @@ class HeldOutLossCallback(_ScheduledMonitor):
 
     def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
         self._attach(args, state)
+        if self.config.use_trainer_eval and args.eval_strategy == "no":
+            raise ValueError(
+                "HeldOutLossCallback(use_trainer_eval=True) re-logs the trainer's eval loss, but eval_strategy='no': "
+                "nothing would be logged. Set eval_strategy (and eval_dataset), or pass datasets= instead."
+            )
         if self.datasets and not self._examples:
             if processing_class is None:
-                raise ValueError("HeldOutLossCallback needs the trainer's tokenizer (processing_class).")
+                raise ValueError(
+                    "HeldOutLossCallback needs the trainer's tokenizer to tokenize its held-out sets: pass "
+                    "processing_class=<tokenizer> to the trainer."
+                )
             tokenizer = getattr(processing_class, "tokenizer", processing_class)
             for name, ds in self.datasets.items():
                 self._examples[name] = examples_from_trainer_args(ds, tokenizer, args, name=f"held-out {name!r}")
@@ -331,8 +360,7 @@ class HeldOutLossCallback(_ScheduledMonitor):
                 self._record(state.global_step, key[len("eval_") : -len("_loss")], float(value), source="trainer_eval")
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(getattr(processing_class, "tokenizer", processing_class))
         for name, examples in self._examples.items():
             result = heldout_loss(model, examples, batch_size=self.config.batch_size, pad_token_id=pad)
             self._record(state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples)
@@ -367,6 +395,10 @@ class PassAtKCallbackConfig(PassAtKConfig):
     on_train_end: bool = field(default=True, metadata={"help": "Measure at the end of training."})
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_schedule(self, "PassAtKCallback")
+
 
 class PassAtKCallback(_ScheduledMonitor):
     """Samples n completions per held-out problem at checkpoints and logs pass@k for each k.
@@ -400,12 +432,37 @@ class PassAtKCallback(_ScheduledMonitor):
         for name, ds in problems.items():
             if not isinstance(ds, Dataset):
                 raise TypeError(f"Problem set {name!r} must be a datasets.Dataset, got {type(ds).__name__}.")
-            check_problems(ds, self.config, f"problem set {name!r}")
+            check_problems(ds, self.config, name)
         self.problems = dict(problems)
-        self.verifier = make_verifier(verifier)
+        named = {"answer_column": self.config.answer_column} if verifier in ("answer", "math-verify") else {}
+        self.verifier = make_verifier(verifier, **named)
+        self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
+        for name, ds in self.problems.items():
+            probe_verifier(self._guarded, ds[0], f"problem set {name!r}")
         self.sampler = sampler or HFSampler()
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
+
+    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
+        self._attach(args, state)
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        if tokenizer is None:
+            raise ValueError(
+                "PassAtKCallback needs the trainer's tokenizer to sample: "
+                "pass processing_class=<tokenizer> to the trainer."
+            )
+        for name, ds in self.problems.items():
+            prompts = ds[: self.config.num_problems or len(ds)][self.config.prompt_column]
+            if any(not isinstance(p, str) for p in prompts) and not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"Problem set {name!r} has chat-message prompts but the tokenizer has no chat_template: "
+                    "set tokenizer.chat_template or give plain-text prompts."
+                )
+        if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
+            raise ValueError(
+                "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
+                "save_strategy='no': it would never run. Set every_n_steps or on_train_end, or save checkpoints."
+            )
 
     def _start_run(self) -> None:
         super()._start_run()
@@ -427,7 +484,7 @@ class PassAtKCallback(_ScheduledMonitor):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
         step = state.global_step
         for name, problems in self.problems.items():
-            result = measure_pass_at_k(model, tokenizer, problems, self.verifier, self.config, self.sampler, name, step)
+            result = measure_pass_at_k(model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step)
             self.results[name].append(result)
             self.hub.write_json(self._step_path(step, name), result.to_json())
             self.publish(result.to_record(step))
@@ -495,12 +552,21 @@ class RLReadinessConfig:
     strict: bool = field(default=False, metadata={"help": "Raise on an internal failure instead of logging it."})
 
     def __post_init__(self) -> None:
-        if self.early_stopping not in STOP_POLICIES:
-            raise ValueError(f"early_stopping must be one of {STOP_POLICIES}, got {self.early_stopping!r}.")
-        if min(self.loss_patience, self.passk_patience, self.gap_patience) < 1 or self.stop_patience < 0:
-            raise ValueError("patience values must be >= 1 (stop_patience >= 0).")
-        if self.loss_weight < 0 or self.passk_weight < 0 or self.loss_weight + self.passk_weight == 0:
-            raise ValueError("loss_weight and passk_weight must be >= 0 and not both 0.")
+        check_types(self)
+        for name in ("loss_set", "passk_set"):
+            require(self, name, getattr(self, name) is None or bool(getattr(self, name)), "name a set or leave None")
+        require(self, "passk_k", self.passk_k is None or self.passk_k >= 1, "must be >= 1 or None")
+        require(self, "smoothing", 0.0 <= self.smoothing < 1.0, "must be in [0, 1) (0 = no smoothing)")
+        for name in ("loss_patience", "passk_patience", "gap_patience"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require(self, "stop_patience", self.stop_patience >= 0, "must be >= 0")
+        require(self, "loss_min_delta", 0 <= self.loss_min_delta < 1, "a relative rise in [0, 1)")
+        require(self, "passk_min_delta", 0 <= self.passk_min_delta <= 1, "an absolute drop in [0, 1]")
+        require(self, "gap_min_delta", self.gap_min_delta >= 0, "must be >= 0")
+        require(self, "early_stopping", self.early_stopping in STOP_POLICIES, f"use one of {list(STOP_POLICIES)}")
+        for name in ("loss_weight", "passk_weight"):
+            require(self, name, math.isfinite(getattr(self, name)) and getattr(self, name) >= 0, "must be >= 0")
+        require(self, "passk_weight", self.loss_weight + self.passk_weight > 0, "it and loss_weight are both 0")
 
 
 class RLReadinessCallback(_MonitorCallback):
@@ -539,6 +605,7 @@ class RLReadinessCallback(_MonitorCallback):
         self.rl_start: dict | None = None
         self.found: list[str] = []
         self._checked = False
+        self._reported: set[str] = set()
 
     @property
     def flags(self) -> list[Flag]:
@@ -565,13 +632,30 @@ class RLReadinessCallback(_MonitorCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if not self._checked:  # every callback's on_train_begin has run: the run's members are known
             self._checked = True
-            self._check_sources()
+            self._check_sources(args)
+        self._check_unmatched(state)
+
+    def _check_unmatched(self, state: TrainerState) -> None:
+        """A step begins after the previous step's measurements are all in: check what only they can tell
+        (e.g. the set names of the trainer's own eval). Cheap dict lookups; each problem is reported once."""
+        unmatched = [u for u in self.tracker.unmatched() if u not in self._reported]
+        if unmatched:
+            self._reported.update(unmatched)
+            self._safely("readiness signal check", self._report_unmatched, state, unmatched)
+
+    def _report_unmatched(self, state: TrainerState, unmatched: list[str]) -> None:
+        detail = (
+            f"RLReadinessConfig {'; '.join(unmatched)}: not among the measurements, so it is not watched "
+            f"(early_stopping={self.config.early_stopping!r} cannot act on it, rl_start.json lacks it)"
+        )
+        self.hub.event(state.global_step, readiness_name("config_error"), detail=detail, alert=True)
+        raise ValueError(detail)
 
     def _sources(self) -> list[TrainerCallback]:
         members = [cb for cb in self.hub.members.values() if isinstance(cb, (HeldOutLossCallback, PassAtKCallback))]
         return [cb for cb in members if self.watch is None or cb in self.watch]
 
-    def _check_sources(self) -> None:
+    def _check_sources(self, args: TrainingArguments) -> None:
         sources = self._sources()
         if self.watch is not None:
             missing = [cb for cb in self.watch if cb not in sources]
@@ -594,10 +678,30 @@ class RLReadinessCallback(_MonitorCallback):
                 "sftrl RLReadinessCallback: no HeldOutLossCallback or PassAtKCallback on this trainer; "
                 "nothing to watch."
             )
-        if self.config.early_stopping in ("loss", "both") and not loss_cbs:
-            raise ValueError(f"early_stopping={self.config.early_stopping!r} needs a HeldOutLossCallback.")
-        if self.config.early_stopping in ("passk", "both") and not passk_cbs:
-            raise ValueError(f"early_stopping={self.config.early_stopping!r} needs a PassAtKCallback.")
+        c = self.config
+        if c.early_stopping in ("loss", "both") and not loss_cbs:
+            raise ValueError(f"early_stopping={c.early_stopping!r} needs a HeldOutLossCallback.")
+        if c.early_stopping in ("passk", "both") and not passk_cbs:
+            raise ValueError(f"early_stopping={c.early_stopping!r} needs a PassAtKCallback.")
+        loss_sets = [n for cb in loss_cbs for n in cb.set_names]
+        if c.loss_set is not None and loss_cbs and all(cb.datasets for cb in loss_cbs) and c.loss_set not in loss_sets:
+            raise ValueError(
+                f"RLReadinessConfig.loss_set={c.loss_set!r} is not a held-out set of this run: {loss_sets}"
+            )
+        passk_sets = {n: cb for cb in passk_cbs for n in cb.set_names}
+        if c.passk_set is not None and passk_cbs and c.passk_set not in passk_sets:
+            raise ValueError(
+                f"RLReadinessConfig.passk_set={c.passk_set!r} is not a problem set of this run: {list(passk_sets)}"
+            )
+        if c.passk_k is not None and passk_cbs:
+            measured = passk_sets[c.passk_set or next(iter(passk_sets))].config.measured_ks()
+            if c.passk_k not in measured:
+                raise ValueError(
+                    f"RLReadinessConfig.passk_k={c.passk_k} is not a k the watched PassAtKCallback measures: "
+                    f"{measured} (extrapolated ks are not watched); pick one of those or change its ks / n."
+                )
+        if args.save_strategy == "no":
+            logger.warning("sftrl RLReadinessCallback: save_strategy='no': no checkpoint to rank, no rl_start.json.")
 
     def _on_record(self, source: TrainerCallback, record: Record) -> None:
         if self.watch is None or source in self.watch:
@@ -662,6 +766,7 @@ class RLReadinessCallback(_MonitorCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.hub is None:
             return
+        self._check_unmatched(state)
         self.hub.merge_into_log(state, None)
         self._safely("W&B panels", self._log_panels, state)
 

@@ -12,7 +12,7 @@ import time
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import machine_summary, run_demo
 
     result = run_demo(ns.output_dir, max_steps=ns.max_steps, seed=ns.seed, show_progress=not ns.quiet)
     print("\nHeld-out loss (token-weighted mean NLL on held-out SFT examples):")
@@ -32,76 +32,159 @@ def _demo(ns: argparse.Namespace) -> int:
     share = result.callback_time_s / result.train_time_s
     print(
         f"Wall time {result.wall_time_s:.0f} s (training {result.train_time_s:.0f} s, of which the sftrl "
-        f"callbacks {result.callback_time_s:.1f} s = {share:.0%})"
+        f"callbacks {result.callback_time_s:.1f} s = {share:.0%}) on {machine_summary()}"
     )
     return 0
 
 
 def _load_rows(spec: str):
     """`name=path` or `path` (JSONL / JSON / CSV / parquet) -> (name, Dataset)."""
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
 
+    disable_progress_bars()  # a small local file: the bars would only bury the result and errors
     name, _, path = spec.rpartition("=")
     ext = os.path.splitext(path)[1].lstrip(".")
     kind = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
     if kind is None:
-        raise SystemExit(f"sftrl: cannot read {path!r}: use .jsonl, .json, .csv or .parquet")
-    return name or os.path.splitext(os.path.basename(path))[0], load_dataset(kind, data_files=path, split="train")
+        raise ValueError(f"cannot read {path!r}: use .jsonl, .json, .csv or .parquet")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        rows = load_dataset(kind, data_files=path, split="train")
+    except Exception as err:
+        raise ValueError(f"{path}: not readable as {ext.upper()}: {_first_line(err)}") from err
+    return name or os.path.splitext(os.path.basename(path))[0], rows
 
 
-def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace) -> dict:
-    """Held-out loss and pass@k of one saved checkpoint, through the callbacks' own code paths."""
+def _check_checkpoint(path: str) -> bool:
+    """Refuse what is not a saved model, saying why; True for a PEFT adapter folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such folder")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is a file: give a checkpoint folder (checkpoint-<step> or save_pretrained output)")
+    files = set(os.listdir(path))
+    if not files:
+        raise ValueError(f"{path} is empty: give a checkpoint folder")
+    if "config.json" in files:
+        return False
+    if "adapter_config.json" in files:
+        return True
+    raise ValueError(
+        f"{path} has no config.json: not a saved model (a trainer's checkpoint-<step> folder or save_pretrained output)"
+    )
+
+
+def _load_checkpoint(path: str, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .heldout import heldout_loss, prepare_examples
-    from .measure import PassAtKConfig, measure_pass_at_k
-    from .records import file_safe, heldout_name
-    from .sinks import write_json_atomic
-    from .verifiers import make_verifier
+    loader, what = AutoModelForCausalLM, "model"
+    if _check_checkpoint(path):
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as err:
+            raise ValueError(
+                f"{path} is a PEFT (LoRA) adapter on {base!r}: install peft to evaluate it on its base model, "
+                "or merge it first (model.merge_and_unload().save_pretrained(...))"
+            ) from err
+        loader, what = AutoPeftModelForCausalLM, f"adapter or its base model {base!r}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: no tokenizer could be loaded ({_first_line(err)}); save the tokenizer with the model "
+            "(the trainer does when it has processing_class=)"
+        ) from err
+    try:
+        model = loader.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: the {what} could not be loaded: {_first_line(err)}") from err
+    return model.to("cuda") if torch.cuda.is_available() else model, tokenizer
 
+
+class _EvalInputs:
+    """Everything `sftrl eval` reads besides the checkpoints, checked once before any model is loaded."""
+
+    def __init__(self, ns: argparse.Namespace) -> None:
+        from .heldout import check_columns
+        from .measure import PassAtKConfig, check_problems
+        from .verifiers import GuardedVerifier, make_verifier, probe_verifier
+
+        self.heldout = []
+        for spec in ns.heldout or []:
+            name, rows = _load_rows(spec)
+            _in_file(spec, check_columns, rows, f"held-out {name!r}")
+            self.heldout.append((name, rows))
+        self.problems, self.config, self.verifier = [], None, None
+        if ns.problems:
+            self.config = PassAtKConfig(
+                n=ns.n,
+                ks=ns.ks,
+                temperature=ns.temperature,
+                max_new_tokens=ns.max_new_tokens,
+                num_problems=ns.num_problems,
+                seed=ns.seed,
+                extrapolate_ks=ns.extrapolate_ks or [],
+            )
+            named = {"answer_column": self.config.answer_column} if ns.verifier != "toy-steps" else {}
+            self.verifier = GuardedVerifier(make_verifier(ns.verifier, **named), self.config.verifier_timeout_s)
+            for spec in ns.problems:
+                name, rows = _load_rows(spec)
+                _in_file(spec, check_problems, rows, self.config, name)
+                _in_file(spec, probe_verifier, self.verifier, rows[0], f"problem set {name!r}")
+                self.problems.append((name, rows))
+
+
+def _in_file(spec: str, check, *args) -> None:
+    """Run a check; its error names the file it is about."""
+    try:
+        check(*args)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{spec.rpartition('=')[2]}: {err}") from err
+
+
+def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalInputs | None = None) -> dict:
+    """Held-out loss and pass@k of one saved checkpoint, through the callbacks' own code paths."""
+    from .heldout import heldout_loss, prepare_examples
+    from .measure import measure_pass_at_k
+    from .records import file_safe, heldout_name
+    from .sampling import pad_token_id
+    from .sinks import write_json_atomic
+
+    inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
     step = int(match[1]) if match else None
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, ns.dtype))
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model, tokenizer = _load_checkpoint(checkpoint, ns.dtype)
     out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
-    for spec in ns.heldout or []:
-        name, rows = _load_rows(spec)
+    for name, rows in inputs.heldout:
         examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
-        result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=tokenizer.pad_token_id or 0)
+        result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=pad_token_id(tokenizer))
         out["metrics"][heldout_name(name, "loss")] = result.loss
-    if ns.problems:
-        config = PassAtKConfig(
-            n=ns.n,
-            ks=ns.ks,
-            temperature=ns.temperature,
-            max_new_tokens=ns.max_new_tokens,
-            num_problems=ns.num_problems,
-            seed=ns.seed,
-            extrapolate_ks=ns.extrapolate_ks or [],
-        )
-        verifier = make_verifier(ns.verifier)
-        for spec in ns.problems:
-            name, rows = _load_rows(spec)
-            result = measure_pass_at_k(model, tokenizer, rows, verifier, config, dataset_name=name, step=step)
-            result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
-            out["metrics"].update(result.metrics())
+    for name, rows in inputs.problems:
+        result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, dataset_name=name, step=step)
+        result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
+        out["metrics"].update(result.metrics())
     write_json_atomic(os.path.join(checkpoint, "sftrl", "eval.json"), out)
     return out
 
 
 def _eval(ns: argparse.Namespace) -> int:
     if not ns.heldout and not ns.problems:
-        raise SystemExit("sftrl eval: give --heldout and/or --problems (JSONL/CSV files, optionally name=path).")
-    if ns.problems and ns.ks and max(ns.ks) > ns.n:
-        raise SystemExit(f"sftrl eval: k={max(ns.ks)} > n={ns.n}; raise --n or use --extrapolate-ks.")
+        raise ValueError("give --heldout and/or --problems (JSONL/CSV files, optionally name=path)")
+    if not ns.checkpoints and not ns.watch:
+        raise ValueError("give checkpoint folders, or --watch <output_dir>")
+    if ns.watch and not os.path.isdir(ns.watch):
+        raise FileNotFoundError(f"--watch {ns.watch}: no such folder")
+    for path in ns.checkpoints:
+        _check_checkpoint(path)
+    inputs = _EvalInputs(ns)
     done: set[str] = set()
 
     def run(paths: list[str]) -> None:
         for path in paths:
-            result = evaluate_checkpoint(path, ns)
+            result = evaluate_checkpoint(path, ns, inputs)
             done.add(os.path.abspath(path))
             print(json.dumps(result))
 
@@ -148,16 +231,20 @@ def _report(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftrl", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="SFT of the toy model with the callbacks, offline, on a CPU.")
+    demo = sub.add_parser("demo", parents=[common], help="SFT of the toy model with the callbacks, offline, on a CPU.")
     demo.add_argument("--output-dir", default="sftrl_demo")
     demo.add_argument("--max-steps", type=int, default=400)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
     demo.set_defaults(func=_demo)
 
-    ev = sub.add_parser("eval", help="Held-out loss and pass@k of saved checkpoints (same code as the callbacks).")
+    ev = sub.add_parser(
+        "eval", parents=[common], help="Held-out loss and pass@k of saved checkpoints (same code as the callbacks)."
+    )
     ev.add_argument("checkpoints", nargs="*", help="checkpoint directories")
     ev.add_argument("--watch", help="also evaluate new checkpoint-* folders of this output_dir as they appear")
     ev.add_argument("--interval", type=float, default=30.0, help="seconds between looks with --watch")
@@ -177,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)
 
-    fit = sub.add_parser("fit", help="Fit post-RL predictors on a table of SFT candidates.")
+    fit = sub.add_parser("fit", parents=[common], help="Fit post-RL predictors on a table of SFT candidates.")
     fit.add_argument("table", help="CSV or JSONL, one row per candidate")
     fit.add_argument("--target", default="post_rl_pass@1", help="column with the measured post-RL score")
     fit.add_argument("--signals", nargs="+", help="signal columns (default: every numeric column)")
@@ -187,15 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(func=_fit)
 
-    rep = sub.add_parser("report", help="Render a one-page HTML/PNG report of a run's output_dir.")
+    rep = sub.add_parser("report", parents=[common], help="Render a one-page HTML/PNG report of a run's output_dir.")
     rep.add_argument("output_dir")
     rep.set_defaults(func=_report)
     return parser
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
-    return ns.func(ns)
+    try:
+        return ns.func(ns)
+    except Exception as err:  # user mistakes and failures alike: one line, the traceback with --debug
+        if ns.debug:
+            raise
+        print(f"sftrl {ns.command}: error: {_first_line(err)}  (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

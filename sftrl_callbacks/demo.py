@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import time
 from dataclasses import dataclass
 
@@ -25,6 +27,20 @@ class DemoResult:
     metrics_path: str
     wandb_dir: str | None
     trainer: object
+
+
+def machine_summary() -> str:
+    """The machine figures were measured on, e.g. 'AMD EPYC, 2 cores, torch 2.13.0+cpu, 2026-11-26'."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    return f"{cpu}, {device}, torch {torch.__version__}, {datetime.date.today().isoformat()}"
 
 
 def toy_sft_config(output_dir: str, max_steps: int, report_to: list[str], seed: int = 0, **overrides):

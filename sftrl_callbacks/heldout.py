@@ -7,6 +7,7 @@ not depend on the batch size or on how examples are grouped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger("sftrl_callbacks")
 
 IGNORE_INDEX = -100
 FORMATS = "prompt/completion, messages, plain text (`text`), or pre-tokenized input_ids[/labels]"
@@ -122,7 +125,19 @@ def prepare_examples(
         if any(t != IGNORE_INDEX for t in labels[1:]):
             examples.append(Example(list(ids), list(labels)))
     if not examples:
-        raise ValueError(f"No example of the {name} dataset has a token to score after masking and truncation.")
+        raise ValueError(
+            f"No example of the {name} dataset has a token to score after masking and truncation to "
+            f"max_length={max_length}: raise max_length or check the prompt/completion columns."
+        )
+    if len(examples) < len(dataset):
+        logger.warning(
+            "sftrl: %d of %d examples of the %s dataset have no token to score after masking and truncation to "
+            "max_length=%s and are left out of its loss",
+            len(dataset) - len(examples),
+            len(dataset),
+            name,
+            max_length,
+        )
     return examples
 
 

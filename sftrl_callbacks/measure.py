@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from datasets import Dataset
 
+from .checks import check_types, require
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
 from .sampling import HFSampler, Sampler, SamplingParams
 from .sinks import write_json_atomic
-from .verifiers import Verifier
+from .verifiers import GuardedVerifier, Verifier
 
 
 @dataclass
@@ -55,18 +57,54 @@ class PassAtKConfig:
     ci_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
 
+    verifier_timeout_s: float | None = field(
+        default=60.0,
+        metadata={
+            "help": "Longest wait for one verifier call (one problem's completions); a call that takes longer counts "
+            "as wrong and is reported. Verifiers that bound their own time (`bounded = True`, e.g. math-verify) "
+            "are called directly; None calls every verifier directly, without a limit."
+        },
+    )
+
     def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError("n must be >= 1.")
+        check_types(self)
+        require(self, "n", self.n >= 1, "samples per problem must be >= 1")
         if self.ks is not None:
-            if not self.ks or min(self.ks) < 1:
-                raise ValueError("ks must be positive integers.")
-            if max(self.ks) > self.n:
-                raise ValueError(f"k={max(self.ks)} > n={self.n}: raise n or put k in extrapolate_ks.")
-        if self.allocation not in ("uniform", "dynamic"):
-            raise ValueError("allocation must be 'uniform' or 'dynamic'.")
-        if self.allocation == "dynamic" and not 1 <= self.initial_n <= self.n:
-            raise ValueError("initial_n must be in [1, n] for dynamic allocation.")
+            require(self, "ks", len(self.ks) > 0 and min(self.ks) >= 1, "give positive integers (or None)")
+            require(self, "ks", max(self.ks) <= self.n, f"k above n={self.n}: raise n or put k in extrapolate_ks")
+            self.ks = sorted({int(k) for k in self.ks})
+        require(self, "extrapolate_ks", all(k >= 1 for k in self.extrapolate_ks), "give positive integers")
+        require(self, "allocation", self.allocation in ("uniform", "dynamic"), "use 'uniform' or 'dynamic'")
+        if self.allocation == "dynamic":
+            require(self, "initial_n", 1 <= self.initial_n <= self.n, f"must be in [1, n={self.n}]")
+            require(self, "max_n_per_problem", self.max_n_per_problem >= self.initial_n, "must be >= initial_n")
+        require(
+            self,
+            "temperature",
+            self.temperature > 0 or self.n == 1,
+            "must be > 0 (0 is greedy: all n samples would be the same and pass@k would equal pass@1)",
+        )
+        require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+        require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
+        require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
+        require(self, "stop_strings", all(self.stop_strings), "empty stop strings would stop every completion at once")
+        require(self, "num_problems", self.num_problems is None or self.num_problems >= 1, "must be >= 1 or None")
+        require(self, "time_budget_s", self.time_budget_s is None or self.time_budget_s >= 0, "must be >= 0 or None")
+        require(self, "prompt_column", bool(self.prompt_column), "name the prompt column")
+        require(self, "answer_column", bool(self.answer_column), "name the answer column")
+        require(self, "num_saved_examples", self.num_saved_examples >= 0, "must be >= 0")
+        require(self, "ci_resamples", self.ci_resamples >= 100, "a 95 % bootstrap interval needs >= 100 resamples")
+        require(
+            self,
+            "verifier_timeout_s",
+            self.verifier_timeout_s is None or self.verifier_timeout_s > 0,
+            "must be > 0 or None",
+        )
+
+    def measured_ks(self) -> list[int]:
+        """The ks estimated directly (the rest of `ks` and `extrapolate_ks` come from the beta-binomial fit)."""
+        per_problem = self.n if self.allocation == "uniform" else self.initial_n
+        return [k for k in self.ks or default_ks(self.n) if k <= per_problem]
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -80,14 +118,30 @@ class PassAtKConfig:
 
 
 def check_problems(problems: Dataset, config: PassAtKConfig, name: str = "problems") -> None:
+    """Raise early when the problem set `name` is empty, lacks its columns or has rows no verifier can score."""
+    where = f"problem set {name!r}"
     if len(problems) == 0:
-        raise ValueError(f"The {name} set is empty: give it at least one problem.")
+        raise ValueError(f"The {where} is empty: give it at least one problem.")
     for column in (config.prompt_column, config.answer_column):
         if column not in problems.column_names:
             raise ValueError(
-                f"The {name} set has no {column!r} column (columns: {problems.column_names}); "
+                f"The {where} has no {column!r} column (columns: {problems.column_names}); "
                 f"set prompt_column / answer_column."
             )
+    used = problems if config.num_problems is None else problems.select(range(min(config.num_problems, len(problems))))
+    for column, what in ((config.answer_column, "answer"), (config.prompt_column, "prompt")):
+        empty = [i for i, v in enumerate(used[column]) if v is None or (isinstance(v, str) and not v.strip())]
+        if empty:
+            raise ValueError(
+                f"The {where} has {len(empty)} row(s) with an empty {what} in column {column!r} "
+                f"(rows {empty[:5]}): they could never be verified; fill or drop them."
+            )
+    bad = [i for i, p in enumerate(used[config.prompt_column]) if not isinstance(p, (str, list))]
+    if bad:
+        raise ValueError(
+            f"The {where}'s {config.prompt_column!r} column must hold text or a list of chat messages; "
+            f"row {bad[0]} holds {type(used[bad[0]][config.prompt_column]).__name__}."
+        )
 
 
 @dataclass
@@ -111,6 +165,7 @@ class PassAtKResult:
     verifier: str
     wall_time_s: float
     examples: list[dict[str, Any]]
+    verifier_timeouts: int = 0  # completions counted wrong because the verifier timed out
 
     def to_record(self, step: int | None = None) -> PassAtKRecord:
         """The typed record the callbacks publish (measured and extrapolated ks kept apart)."""
@@ -124,6 +179,7 @@ class PassAtKResult:
                 "truncation_rate": self.truncation_rate,
                 "num_problems": self.num_problems,
                 "samples": int(sum(self.n)),
+                "verifier_timeouts": self.verifier_timeouts,
             },
             context_=self.context(),
         )
@@ -170,6 +226,9 @@ def measure_pass_at_k(
     """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`)."""
     check_problems(problems, config, dataset_name)
     sampler = sampler or HFSampler()
+    if not isinstance(verifier, GuardedVerifier):
+        verifier = GuardedVerifier(verifier, config.verifier_timeout_s)
+    timeouts_before = verifier.timeouts
     start = time.time()
     requested = len(problems) if config.num_problems is None else min(config.num_problems, len(problems))
     rows = [problems[i] for i in range(requested)]
@@ -281,9 +340,10 @@ def measure_pass_at_k(
         max_new_tokens=config.max_new_tokens,
         allocation=config.allocation,
         sampler=type(sampler).__name__,
-        verifier=type(verifier).__name__,
+        verifier=verifier.name,
         wall_time_s=time.time() - start,
         examples=examples,
+        verifier_timeouts=verifier.timeouts - timeouts_before,
     )
 
 
@@ -292,19 +352,17 @@ def _sample_and_count(
 ) -> None:
     prompts = [r[config.prompt_column] for r in rows]
     samples = sampler.sample(model, tokenizer, prompts, counts, params)
-    flat_text, flat_rows, owner = [], [], []
+    got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
+    if got is None or len(got) != len(prompts) or got != list(counts):
+        raise ValueError(
+            f"Sampler {type(sampler).__name__}.sample returned {got if got is not None else type(samples).__name__} "
+            f"completions per prompt for counts {list(counts)}: it must return exactly n[i] completions for prompt i."
+        )
+    # One verifier call per problem, so a hang or a fault is one problem's, not the whole batch's.
     for i, (row, completions) in enumerate(zip(rows, samples)):
-        for comp in completions:
-            flat_text.append(comp.text)
-            flat_rows.append(row)
-            owner.append(i)
-            tokens.append(comp.n_tokens)
-            truncated.append(comp.truncated)
-    verdicts = verifier.check(flat_text, flat_rows) if flat_text else []
-    for i, ok in zip(owner, verdicts):
-        out_n[i] += 1
-        out_c[i] += bool(ok)
-    for i, completions in enumerate(samples):
-        room = 4 - len(kept[i]) if i < len(kept) else 0
-        for comp in completions[: max(room, 0)]:
-            kept[i].append(comp.text)
+        verdicts = verifier.check([c.text for c in completions], [row] * len(completions))
+        out_n[i] += len(completions)
+        out_c[i] += sum(verdicts)
+        tokens.extend(c.n_tokens for c in completions)
+        truncated.extend(c.truncated for c in completions)
+        kept[i].extend(c.text for c in completions[: max(4 - len(kept[i]), 0)])

@@ -17,21 +17,32 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy import stats
 
 
 def read_table(path: str) -> list[dict]:
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    """Rows of a CSV or JSONL table; a bad JSON line is an error that names its line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.endswith(".jsonl"):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path} line {number} is not JSON: {err.msg}") from err
+    return rows
 
 
 def _num(value) -> float | None:
+    """A finite number, else None (empty, NaN, inf, text)."""
     if value is None or value == "":
         return None
     try:
@@ -39,6 +50,17 @@ def _num(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def _is_numeric_cell(value) -> bool:
+    """Empty, a number or NaN / inf: what a signal column may hold (text may not)."""
+    if value is None or value == "":
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
 
 
 @dataclass
@@ -145,6 +167,7 @@ class FitReport:
     fits: list[SignalFit]
     predictions: list[dict]
     best_signal: str
+    notes: list[str] = field(default_factory=list)  # rows and signals left out, and why
 
     def to_json(self) -> dict:
         return {
@@ -153,14 +176,20 @@ class FitReport:
             "best_signal": self.best_signal,
             "fits": [asdict(f) for f in self.fits],
             "predictions": self.predictions,
+            "notes": self.notes,
             "method": "linear least squares per signal; R2 in sample; LOO mean absolute error; Spearman of the "
             "predictor vs target; 95% percentile bootstrap over rows (1000 resamples, seed 0)",
         }
 
 
 def default_signals(rows: Sequence[dict], target: str, id_column: str) -> list[str]:
+    """Columns whose cells are all numbers, NaN or empty, with at least one finite number."""
     columns = [c for c in rows[0] if c not in (target, id_column)]
-    return [c for c in columns if all(_num(r.get(c)) is not None for r in rows)]
+    return [
+        c
+        for c in columns
+        if all(_is_numeric_cell(r.get(c)) for r in rows) and any(_num(r.get(c)) is not None for r in rows)
+    ]
 
 
 def fit_table(
@@ -173,32 +202,71 @@ def fit_table(
     resamples: int = 1000,
     seed: int = 0,
 ) -> FitReport:
+    """Fit every signal (see module doc). Rows with an empty / NaN / inf cell are handled by rule and reported
+    in `notes`: no finite target -> predicted, not fitted; no finite signal -> left out of that signal's fit;
+    a signal with fewer than 3 usable rows or one value -> not fitted."""
     if not rows:
         raise ValueError("The table is empty.")
     if target not in rows[0]:
         raise ValueError(f"No target column {target!r}; columns: {sorted(rows[0])}.")
     signals = list(signals or default_signals(rows, target, id_column))
+    if not signals:
+        raise ValueError(f"No numeric signal column besides {target!r}; columns: {sorted(rows[0])}.")
     missing = [s for s in signals if s not in rows[0]]
     if missing:
         raise ValueError(f"Signal column(s) {missing} not in the table; columns: {sorted(rows[0])}.")
+    for s in signals:
+        bad = next((i for i, r in enumerate(rows) if not _is_numeric_cell(r.get(s))), None)
+        if bad is not None:
+            raise ValueError(f"Signal column {s!r} is not numeric: row {bad + 1} holds {rows[bad].get(s)!r}.")
+    if not all(_is_numeric_cell(r.get(target)) for r in rows):
+        raise ValueError(f"Target column {target!r} holds text; it must be numbers (empty or NaN = not measured).")
+
+    def label(row: dict, i: int) -> str:
+        return str(row.get(id_column, f"row {i + 1}"))
+
+    notes = []
     calibrated = [r for r in rows if _num(r.get(target)) is not None]
+    uncalibrated = len(rows) - len(calibrated)
+    if uncalibrated:
+        notes.append(f"{uncalibrated} row(s) without a finite {target}: predicted, not fitted")
     features = {s: [s] for s in signals}
     if passk_column is None:
-        ks = [c for c in signals if c.startswith("pass@") and c != "pass@1"]
+        ks = [c for c in signals if c.startswith("pass@") and c != "pass@1" and c.split("@")[1].isdigit()]
         passk_column = max(ks, key=lambda c: int(c.split("@")[1])) if ks else None
     if loss_column in signals and passk_column in signals:
         features[f"{loss_column}+{passk_column}"] = [loss_column, passk_column]
-    fits = [fit_signal(calibrated, f, target, name, id_column, resamples, seed) for name, f in features.items()]
+    fits, usable_features = [], {}
+    for name, feature in features.items():
+        finite = [all(_num(r.get(f)) is not None for f in feature) for r in calibrated]
+        usable = [r for r, ok in zip(calibrated, finite) if ok]
+        skipped = [label(r, i) for i, (r, ok) in enumerate(zip(calibrated, finite)) if not ok]
+        if skipped:
+            notes.append(f"{name}: {len(skipped)} row(s) without a finite value left out: {', '.join(skipped[:8])}")
+        if len(usable) < 3:
+            notes.append(f"{name}: not fitted: needs at least 3 calibrated rows with a finite value, has {len(usable)}")
+            continue
+        if any(len({_num(r[f]) for r in usable}) == 1 for f in feature):
+            notes.append(f"{name}: not fitted: it has one value on every usable row")
+            continue
+        fits.append(fit_signal(usable, feature, target, name, id_column, resamples, seed))
+        usable_features[name] = usable
+    if not fits:
+        raise ValueError("No signal could be fitted: " + "; ".join(notes))
     best = min(fits, key=lambda f: f.loo_mae)
-    coef = _fit(_design(calibrated, features[best.signal]), np.array([_num(c[target]) for c in calibrated]))
+    used = usable_features[best.signal]
+    coef = _fit(_design(used, features[best.signal]), np.array([_num(c[target]) for c in used]))
     predictions = []
-    for r in rows:
+    for i, r in enumerate(rows):
         if _num(r.get(target)) is not None:
+            continue
+        if any(_num(r.get(f)) is None for f in features[best.signal]):
+            notes.append(f"{label(r, i)}: no prediction, its {best.signal} is not a finite number")
             continue
         pred = float(_predict(coef, _design([r], features[best.signal]))[0])
         predictions.append({"name": r.get(id_column), "predicted": pred, "by": best.signal})
     predictions.sort(key=lambda p: -p["predicted"])
-    return FitReport(target, len(calibrated), fits, predictions, best.signal)
+    return FitReport(target, len(calibrated), fits, predictions, best.signal, notes)
 
 
 def format_report(report: FitReport) -> str:
@@ -214,6 +282,7 @@ def format_report(report: FitReport) -> str:
             + f"{f.loo_mae:9.4f}{f.regret:8.4f} [{f.regret_ci[0]:.3f},{f.regret_ci[1]:.3f}]  {f.picked}"
         )
     lines.append(f"best predictor by leave-one-out error: {report.best_signal}")
+    lines += [f"note: {note}" for note in report.notes]
     if report.predictions:
         lines.append("uncalibrated candidates, ranked by predicted target:")
         lines += [f"  {p['name']}: {p['predicted']:.4f}" for p in report.predictions]
@@ -229,9 +298,9 @@ def plot_report(report: FitReport, rows: Sequence[dict], path: str) -> str:
     single = [f for f in report.fits if "+" not in f.signal]
     fig, axes = plt.subplots(1, max(1, len(single)), figsize=(4 * max(1, len(single)), 3.6), squeeze=False)
     calibrated = [r for r in rows if _num(r.get(report.target)) is not None]
-    y = [_num(r[report.target]) for r in calibrated]
     for ax, fit in zip(axes[0], single):
-        x = [_num(r[fit.signal]) for r in calibrated]
+        points = [(_num(r.get(fit.signal)), _num(r[report.target])) for r in calibrated]
+        x, y = zip(*[(a, b) for a, b in points if a is not None])
         ax.scatter(x, y, s=18)
         xs = np.linspace(min(x), max(x), 20)
         ax.plot(xs, fit.slope * xs + fit.intercept, color="tab:red")

@@ -275,6 +275,18 @@ class ReadinessTracker:
         k = (self.config.passk_k or max(self.passk.get(passk_set, {}), default=None)) if passk_set else None
         return loss_set, passk_set, k
 
+    def unmatched(self) -> list[str]:
+        """Configured signals that the measurements so far do not contain (a typo'd set, a k never logged)."""
+        c, out = self.config, []
+        if c.loss_set is not None and self.losses and c.loss_set not in self.losses:
+            out.append(f"loss_set={c.loss_set!r} (held-out sets logged: {sorted(self.losses)})")
+        if c.passk_set is not None and self.passk and c.passk_set not in self.passk:
+            out.append(f"passk_set={c.passk_set!r} (problem sets logged: {sorted(self.passk)})")
+        _, passk_set, k = self.watched()
+        if c.passk_k is not None and passk_set in self.passk and k not in self.passk[passk_set]:
+            out.append(f"passk_k={k} (measured ks of {passk_set!r}: {sorted(self.passk[passk_set])})")
+        return out
+
     def series(self, kind: str) -> list[tuple[int, float]]:
         """The watched signal of one kind ("loss", "gap", "passk", "pass1") as a step-ordered history."""
         loss_set, passk_set, k = self.watched()

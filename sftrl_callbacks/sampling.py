@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from .checks import check_types, require
+
 
 @dataclass
 class SamplingParams:
@@ -33,12 +35,11 @@ class SamplingParams:
     seed: int = field(default=0, metadata={"help": "Seed of the sampler's own generator."})
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1.")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0 (0 = greedy).")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1].")
+        check_types(self)
+        require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
+        require(self, "temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)")
+        require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+        require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
         self.stop_strings = tuple(self.stop_strings)
 
 
@@ -168,13 +169,7 @@ class HFSampler:
             yield group
 
     def _decode(self, model, tokenizer, prompts, counts, params, generator, device) -> list[list[Completion]]:
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            enc = tokenizer(prompts, padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = side
-        ids, attention = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        ids, attention = _left_padded(tokenizer, prompts, device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         cache_arg = _cache_argument(model)
@@ -280,6 +275,27 @@ def _preallocate(cache: DynamicCache, rows: torch.Tensor, extra: int) -> None:
             cache.layers[i] = _PreallocatedLayer(layer.keys[rows], layer.values[rows], extra)
         else:
             layer.batch_select_indices(rows)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills padding. Padded positions are masked, so a tokenizer without a pad token (many base
+    models) pads with EOS, as TRL does, without touching the user's tokenizer."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device) -> tuple[torch.Tensor, ...]:
+    """Prompts tokenized and left-padded by hand: no pad token and no `padding_side` state needed."""
+    encoded = tokenizer(list(prompts))["input_ids"]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_token_id(tokenizer), dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+        attention[row, width - len(e) :] = 1
+    return ids.to(device), attention.to(device)
 
 
 def _cache_argument(model: PreTrainedModel) -> str:

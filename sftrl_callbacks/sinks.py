@@ -155,7 +155,7 @@ class JsonlSink:
 
     def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None:
         """A non-scalar event (a flag, a stop): `value` is None, the details in the payload."""
-        record = {"step": int(step), "name": name, "value": None, "time": time.time(), "detail": detail}
+        record = {"step": int(step), "name": name, "value": None, "time": time.time(), "detail": detail, "alert": alert}
         self._append([{**record, **json_safe(payload)}])
 
     def truncate(self, lines: int) -> None:

@@ -11,20 +11,130 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
+logger = logging.getLogger("sftrl_callbacks")
+
 
 @runtime_checkable
 class Verifier(Protocol):
+    """Anything with `check`. A verifier that limits its own time per call sets `bounded = True`
+    (like `MathVerifyVerifier`); the others are called under `PassAtKConfig.verifier_timeout_s`."""
+
     def check(self, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
         """One verdict per completion; `rows[i]` is the problem row of completion i (prompt, answer, ...)."""
         ...
+
+
+class VerifierOutputError(ValueError):
+    """A verifier returned something other than one True/False (or 1/0) per completion."""
+
+
+def check_verdicts(verifier: Verifier, verdicts: Any, expected: int) -> list[bool]:
+    """`verdicts` as a list of bools, or a `VerifierOutputError` that names the verifier and the fault."""
+    name = type(verifier).__name__
+    if isinstance(verdicts, (str, bytes, Mapping)) or not hasattr(verdicts, "__len__"):
+        raise VerifierOutputError(
+            f"Verifier {name}.check returned a {type(verdicts).__name__}; return a list with one bool per completion."
+        )
+    if len(verdicts) != expected:
+        raise VerifierOutputError(
+            f"Verifier {name}.check returned {len(verdicts)} verdicts for {expected} completions; "
+            "return exactly one bool per completion, in order."
+        )
+    out = []
+    for i, verdict in enumerate(verdicts):
+        if isinstance(verdict, (bool, np.bool_)):
+            out.append(bool(verdict))
+        elif isinstance(verdict, (int, float, np.integer, np.floating)) and verdict in (0, 1):
+            out.append(bool(verdict))
+        else:
+            raise VerifierOutputError(
+                f"Verifier {name}.check returned {verdict!r} ({type(verdict).__name__}) for completion {i}; "
+                "return True / False (or 1 / 0) per completion."
+            )
+    return out
+
+
+class GuardedVerifier:
+    """Calls a verifier with its output checked and, unless it is `bounded`, with a time limit.
+
+    A call that takes longer than `timeout_s` counts as wrong for all its completions and is logged;
+    Python cannot stop the thread it runs in, so while that call is still running every later call
+    counts as wrong at once instead of starting another (a verifier that can spin forever should
+    bound itself, as `MathVerifyVerifier` does with worker processes). `timeout_s=None` calls the
+    verifier in the caller's thread (needed for verifiers that use signals).
+    """
+
+    def __init__(self, verifier: Verifier, timeout_s: float | None) -> None:
+        self.verifier, self.timeout_s = verifier, timeout_s
+        self.name = type(verifier).__name__
+        self.timeouts = 0  # completions counted wrong because their call timed out
+        self._stuck: threading.Thread | None = None
+
+    def check(self, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
+        if self.timeout_s is None or getattr(self.verifier, "bounded", False):
+            return check_verdicts(self.verifier, self.verifier.check(completions, rows), len(completions))
+        if self._stuck is not None and self._stuck.is_alive():
+            self.timeouts += len(completions)
+            return [False] * len(completions)
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["verdicts"] = self.verifier.check(completions, rows)
+            except BaseException as err:  # re-raised in the caller's thread
+                box["error"] = err
+
+        worker = threading.Thread(target=call, name=f"sftrl-verifier-{self.name}", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            self._stuck = worker
+            self.timeouts += len(completions)
+            logger.error(
+                "sftrl: verifier %s gave no answer within verifier_timeout_s=%g s; its completions count as wrong, "
+                "and so do later ones until that call returns",
+                self.name,
+                self.timeout_s,
+            )
+            return [False] * len(completions)
+        if "error" in box:
+            raise box["error"]
+        return check_verdicts(self.verifier, box["verdicts"], len(completions))
+
+
+def probe_verifier(verifier: GuardedVerifier, row: Mapping[str, Any], where: str) -> None:
+    """Check a verifier once, on an empty completion for `row`, before any training step depends on it."""
+    before = verifier.timeouts
+    try:
+        verdict = verifier.check([""], [row])[0]
+    except VerifierOutputError:
+        raise
+    except Exception as err:
+        raise ValueError(
+            f"Verifier {verifier.name} failed on the first problem of {where}: {type(err).__name__}: {err}"
+        ) from err
+    if verifier.timeouts > before:
+        raise ValueError(
+            f"Verifier {verifier.name} gave no answer within {verifier.timeout_s:g} s for one empty completion "
+            f"({where}); make it faster or raise verifier_timeout_s."
+        )
+    if verdict:
+        raise ValueError(
+            f"Verifier {verifier.name} counts an empty completion as correct for the first problem of {where}: "
+            "every pass@k would be inflated; check its logic (or a RewardFunctionVerifier's threshold)."
+        )
 
 
 class AnswerVerifier:
@@ -207,6 +317,8 @@ def _math_verify_one(completion: str, reference: str) -> bool:
 class MathVerifyVerifier:
     """math-verify (`parse` + `verify`) in isolated worker processes (see module doc)."""
 
+    bounded = True  # each completion has its own timeout in a worker process
+
     def __init__(
         self, answer_column: str = "answer", workers: int = 2, timeout_s: float = 5.0, memory_mb: int | None = 2048
     ) -> None:
@@ -264,7 +376,7 @@ def make_verifier(spec: str | Verifier, **kwargs: Any) -> Verifier:
         if not isinstance(spec, Verifier):
             raise TypeError(f"{type(spec).__name__} is not a Verifier: it needs check(completions, rows).")
         return spec
-    if spec == "toy-steps":
+    if spec == "toy-steps":  # reads the problem's operand columns, not an answer column
         from .toy import StepVerifier
 
         return StepVerifier()

@@ -1,0 +1,64 @@
+"""The README's demo figures, measured now by the current code. Prints them; run it, do not import it.
+
+    python benchmarks/demo_figures.py [--write-readme]
+
+Runs `sftrl demo` (same code, default settings) in a temporary folder and prints the paragraph the
+README shows, with the machine and the date. `--write-readme` replaces the paragraph between the
+`demo-figures` markers in README.md, so the figures there are always ones this script printed.
+Run it on a quiet machine: another torch job on the same cores slows the demo many times over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+
+from sftrl_callbacks.demo import machine_summary, run_demo
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+BLOCK = re.compile(r"(<!-- demo-figures:begin.*?-->\n).*?(<!-- demo-figures:end -->)", re.S)
+
+
+def figures_paragraph() -> str:
+    with tempfile.TemporaryDirectory() as out:
+        result = run_demo(out, show_progress=False)
+    losses = dict(result.heldout_losses)
+    first, last = min(losses), max(losses)
+    passk = ", ".join(
+        f"step {step}: " + " / ".join(f"{curve[k]:.3f}" for k in (1, 8, 64)) for step, curve in result.pass_at_k
+    )
+    acc = result.greedy_accuracy
+    by_steps = ", ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all")
+    share = result.callback_time_s / result.train_time_s
+    rl = result.rl_start
+    return (
+        f"`sftrl demo` (400 steps, batch 32, 20k mixed 1-3-step rows, `HeldOutLossCallback` every 40 steps, "
+        f"`PassAtKCallback` n = 64 on 32 problems at the two saves, `RLReadinessCallback`), measured by "
+        f"`python benchmarks/demo_figures.py` on {machine_summary()}: wall time {result.wall_time_s:.0f} s "
+        f"(training {result.train_time_s:.0f} s, of which the callbacks {result.callback_time_s:.1f} s = "
+        f"{share:.0%}); greedy exact-match accuracy on 96 held-out problems **{acc['all']:.0%}** ({by_steps}); "
+        f"held-out loss {losses[first]:.3f} at step {first} -> {losses[last]:.3f} at step {last}; "
+        f"pass@1 / pass@8 / pass@64 at {passk}; RL start: step {rl['step'] if rl else None}.\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write-readme", action="store_true", help="replace the figures paragraph in README.md")
+    ns = parser.parse_args()
+    paragraph = figures_paragraph()
+    print(paragraph)
+    if ns.write_readme:
+        with open(README, encoding="utf-8") as f:
+            text = f.read()
+        if not BLOCK.search(text):
+            raise SystemExit("README.md has no <!-- demo-figures:begin --> ... <!-- demo-figures:end --> block")
+        with open(README, "w", encoding="utf-8") as f:
+            f.write(BLOCK.sub(lambda m: m[1] + paragraph + m[2], text))
+        print(f"written to {os.path.normpath(README)}")
+
+
+if __name__ == "__main__":
+    main()
