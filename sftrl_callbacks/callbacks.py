@@ -28,6 +28,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from . import readiness
 from .checkpoints import protect
 from .checks import check_types, require
+from .distributed import current_shard
 from .heldout import examples_from_trainer_args, heldout_loss
 from .hub import RunHub, hub_for
 from .measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
@@ -144,9 +145,11 @@ class _MonitorCallback(TrainerCallback):
             self.hub.member_saved(self.key, state)
 
     def _flush_now(self, control: TrainerControl) -> None:
-        """Ask the trainer to log on this step, so queued metrics reach its log at their own step."""
-        if self.hub.trainer_log.pending:
-            control.should_log = True
+        """Ask the trainer to log on this step, so queued metrics reach its log at their own step.
+
+        Every rank asks (not only the main one, which holds the queue): the trainer's log gathers the loss
+        across ranks, and a rank that skipped it would leave the others waiting."""
+        control.should_log = True
 
     def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a measurement; a failure is logged loudly and training goes on, unless strict."""
@@ -362,7 +365,7 @@ class HeldOutLossCallback(_ScheduledMonitor):
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         pad = pad_token_id(getattr(processing_class, "tokenizer", processing_class))
         for name, examples in self._examples.items():
-            result = heldout_loss(model, examples, batch_size=self.config.batch_size, pad_token_id=pad)
+            result = heldout_loss(model, examples, self.config.batch_size, pad, current_shard())
             self._record(state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples)
 
     def _record(self, step: int, name: str, loss: float, **context: Any) -> None:
@@ -484,7 +487,9 @@ class PassAtKCallback(_ScheduledMonitor):
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
         step = state.global_step
         for name, problems in self.problems.items():
-            result = measure_pass_at_k(model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step)
+            result = measure_pass_at_k(
+                model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step, current_shard()
+            )
             self.results[name].append(result)
             self.hub.write_json(self._step_path(step, name), result.to_json())
             self.publish(result.to_record(step))

@@ -150,7 +150,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     from .heldout import heldout_loss, prepare_examples
     from .measure import measure_pass_at_k
     from .records import file_safe, heldout_name
-    from .sampling import pad_token_id
+    from .sampling import HFSampler, pad_token_id
     from .sinks import write_json_atomic
 
     inputs = inputs or _EvalInputs(ns)
@@ -163,7 +163,8 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
         result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=pad_token_id(tokenizer))
         out["metrics"][heldout_name(name, "loss")] = result.loss
     for name, rows in inputs.problems:
-        result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, dataset_name=name, step=step)
+        sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
+        result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, sampler, name, step)
         result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
         out["metrics"].update(result.metrics())
     write_json_atomic(os.path.join(checkpoint, "sftrl", "eval.json"), out)
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-problems", type=int)
     ev.add_argument("--max-length", type=int, default=1024)
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument(
+        "--max-batch-rows",
+        type=int,
+        default=1024,
+        help="sequences sampled together (memory); the samples depend on it, so match the callback's sampler",
+    )
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=_eval)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .distributed import Shard
+
 logger = logging.getLogger("sftrl_callbacks")
 
 IGNORE_INDEX = -100
@@ -155,13 +157,28 @@ def examples_from_trainer_args(dataset: Dataset, tokenizer: PreTrainedTokenizerB
     )
 
 
-@torch.inference_mode()
 def heldout_loss(
-    model: PreTrainedModel, examples: Sequence[Example], batch_size: int = 32, pad_token_id: int = 0
+    model: PreTrainedModel,
+    examples: Sequence[Example],
+    batch_size: int = 32,
+    pad_token_id: int = 0,
+    shard: Shard | None = None,
 ) -> LossResult:
-    """Token-weighted mean NLL of `model` over all scored tokens of `examples` (see module doc)."""
+    """Token-weighted mean NLL of `model` over all scored tokens of `examples` (see module doc).
+
+    With a `shard` of several ranks each rank scores its share and the sums are gathered: every rank
+    returns the value one process would (to float rounding)."""
     if not examples:
         raise ValueError("heldout_loss needs at least one example.")
+    shard = shard or Shard()
+    parts = shard.run("held-out loss", _nll_sum, model, shard.mine(examples), batch_size, pad_token_id)
+    total_nll, total_tokens = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples))
+
+
+@torch.inference_mode()
+def _nll_sum(model: PreTrainedModel, examples: Sequence[Example], batch_size: int, pad_token_id: int) -> tuple:
+    """(sum of per-token NLL, scored tokens) over `examples`; (0.0, 0) for none."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -192,4 +209,4 @@ def heldout_loss(
             total_tokens += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
-    return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples))
+    return total_nll, total_tokens

@@ -82,8 +82,10 @@ class RunHub:
             return None
 
     def _sinks(self, extra: Sequence[Any]) -> list[Any]:
-        own = [self.jsonl, self.wandb, self.trainer_log] if self.is_main else []
-        return [s for s in own if s is not None] + list(extra)
+        """The main process's sinks; the other ranks measure their share but write nothing."""
+        if not self.is_main:
+            return []
+        return [s for s in (self.jsonl, self.wandb, self.trainer_log) if s is not None] + list(extra)
 
     @staticmethod
     def _where(sink: Any) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from datasets import Dataset
 
 from .checks import check_types, require
+from .distributed import Shard
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
 from .sampling import HFSampler, Sampler, SamplingParams
@@ -222,79 +223,52 @@ def measure_pass_at_k(
     sampler: Sampler | None = None,
     dataset_name: str = "problems",
     step: int | None = None,
+    shard: Shard | None = None,
 ) -> PassAtKResult:
-    """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`)."""
+    """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`).
+
+    With a `shard` of several ranks the problems are split across them and the counts gathered: every
+    rank returns the whole result (see `_sample_round` for why it does not depend on the number of ranks).
+    """
     check_problems(problems, config, dataset_name)
     sampler = sampler or HFSampler()
+    shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
         verifier = GuardedVerifier(verifier, config.verifier_timeout_s)
-    timeouts_before = verifier.timeouts
     start = time.time()
     requested = len(problems) if config.num_problems is None else min(config.num_problems, len(problems))
     rows = [problems[i] for i in range(requested)]
-    params = config.sampling_params()
     deadline = None if config.time_budget_s is None else start + config.time_budget_s
+    draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline)
 
     first_n = config.n if config.allocation == "uniform" else config.initial_n
-    counts_n = np.zeros(len(rows), dtype=np.int64)
-    counts_c = np.zeros(len(rows), dtype=np.int64)
-    tokens, truncated, kept = [], [], [[] for _ in rows]
-    done = 0
-    # Problems go in chunks so a time budget can stop between them; each chunk is one batched call.
-    chunk = max(1, getattr(sampler, "max_batch_rows", 1024) // max(first_n, 1))
-    for lo in range(0, len(rows), chunk):
-        if deadline is not None and time.time() > deadline and done > 0:
-            break
-        part = rows[lo : lo + chunk]
-        _sample_and_count(
-            sampler,
-            model,
-            tokenizer,
-            part,
-            [first_n] * len(part),
-            params,
-            verifier,
-            config,
-            counts_n[lo:],
-            counts_c[lo:],
-            tokens,
-            truncated,
-            kept[lo:],
-        )
-        done = lo + len(part)
-    counts_n, counts_c, rows, kept = counts_n[:done], counts_c[:done], rows[:done], kept[:done]
+    first = draw.round(0, list(range(len(rows))), [first_n] * len(rows))
+    done = sorted(first)  # a time budget can leave problems out
+    rows, tallies = [rows[i] for i in done], [first[i] for i in done]
+    draw.rows = rows
+    counts_n = np.array([t.n for t in tallies], dtype=np.int64)
+    counts_c = np.array([t.c for t in tallies], dtype=np.int64)
 
     first_round_c = counts_c.copy()
     if config.allocation == "dynamic":
         budget = config.n * len(rows) - int(counts_n.sum())
-        round_size = config.initial_n
-        while budget > 0 and (deadline is None or time.time() < deadline):
+        round_index = 1
+        while budget > 0 and shard.all(deadline is None or time.time() < deadline):
             open_ = np.flatnonzero((counts_c == 0) & (counts_n < config.max_n_per_problem))
             if open_.size == 0:
                 break
-            per = min(round_size, max(1, budget // open_.size))
+            per = min(config.initial_n, max(1, budget // open_.size))
             extra = [int(min(per, config.max_n_per_problem - counts_n[i])) for i in open_]
-            part = [rows[i] for i in open_]
-            sub_n, sub_c = np.zeros(len(part), np.int64), np.zeros(len(part), np.int64)
-            _sample_and_count(
-                sampler,
-                model,
-                tokenizer,
-                part,
-                extra,
-                params,
-                verifier,
-                config,
-                sub_n,
-                sub_c,
-                tokens,
-                truncated,
-                [kept[i] for i in open_],
-            )
-            counts_n[open_] += sub_n
-            counts_c[open_] += sub_c
-            budget -= int(sub_n.sum())
-            params = replace(params, seed=params.seed + 1)  # fresh samples each round
+            more = draw.round(round_index, open_.tolist(), extra)
+            for i, tally in more.items():
+                counts_n[i] += tally.n
+                counts_c[i] += tally.c
+                tallies[i] = tallies[i].joined(tally)
+            budget -= sum(t.n for t in more.values())
+            round_index += 1
+    tokens = [x for t in tallies for x in t.tokens]
+    truncated = [x for t in tallies for x in t.truncated]
+    kept = [t.kept for t in tallies]
 
     # Unbiased estimates need the same n for every problem: the uniform first round. Dynamic
     # rounds add samples only where the first round found nothing, so every k above initial_n (and
@@ -343,26 +317,82 @@ def measure_pass_at_k(
         verifier=verifier.name,
         wall_time_s=time.time() - start,
         examples=examples,
-        verifier_timeouts=verifier.timeouts - timeouts_before,
+        verifier_timeouts=sum(t.timeouts for t in tallies),
     )
 
 
-def _sample_and_count(
-    sampler, model, tokenizer, rows, counts, params, verifier, config, out_n, out_c, tokens, truncated, kept
-) -> None:
-    prompts = [r[config.prompt_column] for r in rows]
-    samples = sampler.sample(model, tokenizer, prompts, counts, params)
-    got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
-    if got is None or len(got) != len(prompts) or got != list(counts):
-        raise ValueError(
-            f"Sampler {type(sampler).__name__}.sample returned {got if got is not None else type(samples).__name__} "
-            f"completions per prompt for counts {list(counts)}: it must return exactly n[i] completions for prompt i."
+@dataclass
+class _Tally:
+    """One problem's samples in one or more rounds."""
+
+    n: int
+    c: int
+    tokens: list[int]
+    truncated: list[bool]
+    kept: list[str]  # the first few completions, for the JSON
+    timeouts: int = 0  # completions counted wrong because the verifier timed out
+
+    def joined(self, other: _Tally) -> _Tally:
+        return _Tally(
+            self.n + other.n,
+            self.c + other.c,
+            self.tokens + other.tokens,
+            self.truncated + other.truncated,
+            (self.kept + other.kept)[:4],
+            self.timeouts + other.timeouts,
         )
-    # One verifier call per problem, so a hang or a fault is one problem's, not the whole batch's.
-    for i, (row, completions) in enumerate(zip(rows, samples)):
-        verdicts = verifier.check([c.text for c in completions], [row] * len(completions))
-        out_n[i] += len(completions)
-        out_c[i] += sum(verdicts)
-        tokens.extend(c.n_tokens for c in completions)
-        truncated.extend(c.truncated for c in completions)
-        kept[i].extend(c.text for c in completions[: max(4 - len(kept[i]), 0)])
+
+
+@dataclass
+class _Draw:
+    """Sampling rounds of one measurement."""
+
+    sampler: Any
+    model: Any
+    tokenizer: Any
+    rows: list[dict]
+    verifier: GuardedVerifier
+    config: PassAtKConfig
+    shard: Shard
+    deadline: float | None
+
+    def round(self, index: int, problems: list[int], counts: list[int]) -> dict[int, _Tally]:
+        """`counts[j]` samples of problem `problems[j]`, from every rank: problem -> tally.
+
+        Problems go in chunks of one batched call each; chunk j is seeded by (seed, round, j) and drawn by
+        rank j % world, so the samples (and counts) do not depend on the number of ranks. A time budget
+        stops a rank between its chunks, after its first.
+        """
+        size = max(1, getattr(self.sampler, "max_batch_rows", 1024) // max(counts, default=1))
+        chunks = [range(lo, min(lo + size, len(problems))) for lo in range(0, len(problems), size)]
+        mine = [(j, chunk) for j, chunk in enumerate(chunks) if j % self.shard.world == self.shard.rank]
+        parts = self.shard.run("pass@k sampling", self._draw, index, mine, problems, counts)
+        return {i: tally for part in parts for i, tally in part.items()}
+
+    def _draw(self, index, mine, problems, counts) -> dict[int, _Tally]:
+        out: dict[int, _Tally] = {}
+        params = self.config.sampling_params()
+        for position, (j, chunk) in enumerate(mine):
+            if position and self.deadline is not None and time.time() > self.deadline:
+                break
+            seed = int(np.random.SeedSequence([params.seed, index, j]).generate_state(1)[0])
+            part = [problems[k] for k in chunk]
+            asked = [counts[k] for k in chunk]
+            prompts = [self.rows[i][self.config.prompt_column] for i in part]
+            samples = self.sampler.sample(self.model, self.tokenizer, prompts, asked, replace(params, seed=seed))
+            got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
+            if got != asked:
+                raise ValueError(
+                    f"Sampler {type(self.sampler).__name__}.sample returned "
+                    f"{got if got is not None else type(samples).__name__} completions per prompt for counts "
+                    f"{asked}: it must return exactly n[i] completions for prompt i."
+                )
+            # One verifier call per problem, so a hang or a fault is one problem's, not the whole batch's.
+            for i, completions in zip(part, samples):
+                texts = [c.text for c in completions]
+                before = self.verifier.timeouts
+                verdicts = self.verifier.check(texts, [self.rows[i]] * len(texts))
+                tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
+                timeouts = self.verifier.timeouts - before
+                out[i] = _Tally(len(texts), int(sum(verdicts)), tokens, truncated, texts[:4], timeouts)
+        return out

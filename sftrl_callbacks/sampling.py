@@ -169,67 +169,99 @@ class HFSampler:
             yield group
 
     def _decode(self, model, tokenizer, prompts, counts, params, generator, device) -> list[list[Completion]]:
-        ids, attention = _left_padded(tokenizer, prompts, device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        ids, prompt_mask = _left_padded(tokenizer, prompts, device)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         cache_arg = _cache_argument(model)
         logits = model(
-            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **{cache_arg: cache}
+            input_ids=ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **{cache_arg: cache}
         ).logits[:, -1]
         # One prefill per prompt, then its cache is repeated for its samples.
         rows = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(counts, device=device))
         _preallocate(cache, rows, params.max_new_tokens)
-        logits, attention = logits[rows], attention[rows]
-        next_position = positions[rows, -1] + 1
-        owner = rows.tolist()  # prompt index of each live row
-        slot = list(range(len(owner)))  # output slot of each live row
-        generated: list[list[int]] = [[] for _ in owner]
-        done = [False] * len(owner)
-        eos = _eos_ids(model, tokenizer)
-        stop_window = max((len(s) for s in params.stop_strings), default=0) + 8
-
-        for _ in range(params.max_new_tokens):
+        total, width, max_new = len(rows), ids.shape[1], params.max_new_tokens
+        # Everything per token stays on the device: the tokens go into one buffer, EOS is a tensor test, and
+        # the host looks (one sync) only every `sync_every` tokens, to drop finished rows and check stop strings.
+        attention = prompt_mask.new_zeros((total, width + max_new))
+        attention[:, :width] = prompt_mask[rows]
+        logits, next_position = logits[rows], positions[rows, -1] + 1
+        out = torch.zeros((total, max_new), dtype=torch.long, device=device)
+        length = torch.full((total,), max_new, dtype=torch.long, device=device)  # tokens before EOS / stop
+        finished = torch.zeros(total, dtype=torch.bool, device=device)  # ended by EOS or a stop string
+        live = torch.arange(total, device=device)  # output row of each row still in the batch
+        live_done = torch.zeros(total, dtype=torch.bool, device=device)
+        eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
+        stops = _StopStrings(tokenizer, params.stop_strings)
+        sync_every = 4
+        for t in range(max_new):
             tokens = _pick_tokens(logits, params, generator)
-            for r, tok in enumerate(tokens.tolist()):
-                s = slot[r]
-                if done[s]:  # finished, waiting for the next compaction
-                    continue
-                if tok in eos:
-                    done[s] = True
-                    continue
-                generated[s].append(tok)
-                if params.stop_strings:
-                    tail = tokenizer.decode(generated[s][-stop_window:])
-                    if any(stop in tail for stop in params.stop_strings):
-                        done[s] = True
-            keep = [r for r, s in enumerate(slot) if not done[s]]
-            if not keep:
+            out[live, t] = tokens
+            ended = torch.isin(tokens, eos) & ~live_done
+            length[live] = torch.where(ended, t, length[live])  # index writes: no host sync
+            finished[live] |= ended
+            live_done |= ended
+            if t == max_new - 1:
                 break
-            # Dropping rows copies the whole cache, so it waits until a quarter of the batch is done.
-            if len(slot) - len(keep) >= max(1, len(slot) // 4):
-                keep_t = torch.tensor(keep, device=device)
-                cache.batch_select_indices(keep_t)
-                tokens, attention, next_position = tokens[keep_t], attention[keep_t], next_position[keep_t]
-                slot = [slot[r] for r in keep]
-            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+            if (t + 1) % sync_every == 0:
+                if stops:
+                    live_done |= stops.check(out, length, finished, live, live_done, t + 1)
+                n_done = int(live_done.sum())
+                if n_done == len(live):
+                    break
+                # Dropping rows copies the whole cache, so it waits until a quarter of the batch is done.
+                if n_done >= max(1, len(live) // 4):
+                    keep = (~live_done).nonzero().squeeze(-1)
+                    cache.batch_select_indices(keep)
+                    tokens, attention, next_position = tokens[keep], attention[keep], next_position[keep]
+                    live, live_done = live[keep], live_done[keep]
+            attention[:, width + t] = 1
             logits = model(
                 input_ids=tokens[:, None],
-                attention_mask=attention,
+                attention_mask=attention[:, : width + t + 1],
                 position_ids=next_position[:, None],
                 use_cache=True,
                 **{cache_arg: cache},
             ).logits[:, -1]
             next_position = next_position + 1
+        if stops:
+            stops.check(out, length, finished, live, live_done, t + 1)
 
-        out: list[list[Completion]] = [[] for _ in prompts]
-        for s, prompt_index in enumerate(owner):
-            text = tokenizer.decode(generated[s], skip_special_tokens=True)
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for generated, n, ended, prompt_index in zip(out.tolist(), length.tolist(), finished.tolist(), rows.tolist()):
+            text = tokenizer.decode(generated[:n], skip_special_tokens=True)
             for stop in params.stop_strings:
                 cut = text.find(stop)
                 if cut >= 0:
                     text = text[: cut + len(stop)]
-            out[prompt_index].append(Completion(text=text, n_tokens=len(generated[s]), truncated=not done[s]))
-        return out
+            results[prompt_index].append(Completion(text=text, n_tokens=n, truncated=not ended))
+        return results
+
+
+class _StopStrings:
+    """Finds completions that contain a stop string: on the host, only for rows still running."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]) -> None:
+        self.tokenizer, self.stop_strings = tokenizer, tuple(stop_strings)
+
+    def __bool__(self) -> bool:
+        return bool(self.stop_strings)
+
+    def _contains(self, tokens: list[int]) -> bool:
+        text = self.tokenizer.decode(tokens)
+        return any(stop in text for stop in self.stop_strings)
+
+    def check(self, out, length, finished, live, live_done, generated: int) -> torch.Tensor:
+        """Mark live rows whose first `generated` tokens contain a stop string; their length becomes the
+        fewest tokens that contain it. Returns the rows found, as a mask over the live rows."""
+        running = (~live_done).nonzero().squeeze(-1).tolist()
+        rows = live[running].tolist()
+        found = torch.zeros_like(live_done)
+        for i, row, tokens in zip(running, rows, out[rows, :generated].tolist()):
+            if self._contains(tokens):
+                length[row] = next(n for n in range(1, generated + 1) if self._contains(tokens[:n]))
+                finished[row] = True
+                found[i] = True
+        return found
 
 
 class _PreallocatedLayer(DynamicLayer):

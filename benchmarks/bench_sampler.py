@@ -1,0 +1,168 @@
+"""Sampling throughput, side by side. Prints measured numbers; run it, do not import it.
+
+    python benchmarks/bench_sampler.py                          # CPU: the toy model after 250 SFT steps
+    python benchmarks/bench_sampler.py --model 403m --device cuda --max-new-tokens 256   # GPU.md's setting
+
+Methods, on the same model, prompts, n, temperature and max new tokens, tokens counted up to EOS:
+- naive: per-prompt `generate(num_return_sequences=n)` (what TRL's completion logging does);
+- batched: one `generate` over all prompts x n rows (left-padded);
+- static: `generate(cache_implementation="static")`, compiled with `--compile` (CUDA only);
+- HFSampler: this library.
+Each method runs once to warm up at the timed shape, then `--repeats` times; the best run is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from sftrl_callbacks.demo import machine_summary
+from sftrl_callbacks.sampling import HFSampler, SamplingParams
+from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits
+
+
+def toy_model(tokenizer, splits, steps: int):
+    from trl import SFTTrainer
+
+    from sftrl_callbacks.demo import toy_sft_config
+
+    model = build_model(tokenizer, seed=0)
+    if steps:
+        with tempfile.TemporaryDirectory() as out:
+            args = toy_sft_config(out, steps, [], save_strategy="no")
+            SFTTrainer(model=model, args=args, train_dataset=splits.train, processing_class=tokenizer).train()
+    return model.eval()
+
+
+def random_model(tokenizer, hidden: int, layers: int):
+    """A Llama of the given size with random weights (as ../shared/GPU.md measured: EOS about 1 in 90 tokens)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def useful_tokens(new: torch.Tensor, tokenizer) -> int:
+    """Generated tokens up to (not including) the first EOS of each row."""
+    eos = (new == tokenizer.eos_token_id).int()
+    before_eos = (eos.cumsum(-1) == 0) & (new != tokenizer.pad_token_id)
+    return int(before_eos.sum())
+
+
+@torch.inference_mode()
+def naive(model, tokenizer, prompts, n, max_new):
+    tokens = 0
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_tensors="pt").to(model.device)
+        out = model.generate(
+            **enc, do_sample=True, top_k=0, max_new_tokens=max_new, num_return_sequences=n, pad_token_id=0
+        )
+        tokens += useful_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer)
+    return tokens
+
+
+@torch.inference_mode()
+def batched(model, tokenizer, prompts, n, max_new, **generate_kwargs):
+    tokenizer.padding_side = "left"
+    enc = tokenizer([p for p in prompts for _ in range(n)], return_tensors="pt", padding=True).to(model.device)
+    out = model.generate(**enc, do_sample=True, top_k=0, max_new_tokens=max_new, pad_token_id=0, **generate_kwargs)
+    return useful_tokens(out[:, enc["input_ids"].shape[1] :], tokenizer)
+
+
+def ours(model, tokenizer, prompts, n, max_new):
+    params = SamplingParams(max_new_tokens=max_new, temperature=1.0, seed=0)
+    out = HFSampler(show_progress=False).sample(model, tokenizer, prompts, n, params)
+    return sum(c.n_tokens for cs in out for c in cs)
+
+
+def timed(fn, repeats: int, sync) -> tuple[float, int]:
+    """(best tokens/s, tokens of that run) after one warm-up call at the timed shape."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        tokens = fn()
+        sync()
+        runs.append((tokens / (time.perf_counter() - start), tokens))
+    return max(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="toy", choices=["toy", "33m", "403m"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--train-steps", type=int, default=250, help="SFT steps of the toy model")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="compile the static-cache generate (CUDA)")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (naive is slow on big models)")
+    ns = parser.parse_args()
+    if ns.device == "cpu":
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    dtype = getattr(torch, ns.dtype or ("bfloat16" if ns.device == "cuda" else "float32"))
+
+    tokenizer = build_tokenizer()
+    splits = make_splits(n_train=20_000, n_heldout_sft=16, n_heldout_problems=ns.prompts, seed=0)
+    if ns.model == "toy":
+        model = toy_model(tokenizer, splits, ns.train_steps)
+    else:
+        model = random_model(tokenizer, *{"33m": (512, 8), "403m": (1024, 24)}[ns.model])
+    model = model.to(device=ns.device, dtype=dtype)
+    prompts = list(splits.heldout_problems["prompt"])
+    sync = torch.cuda.synchronize if ns.device == "cuda" else (lambda: None)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"{machine_summary()}; {ns.model} model ({params:.1f}M params, {dtype}) on {ns.device}; "
+        f"{len(prompts)} prompts x {ns.n} samples, T=1.0, <= {ns.max_new_tokens} new tokens; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    methods = {
+        "naive per-prompt generate": lambda: naive(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
+        "one batched generate": lambda: batched(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
+        "static-cache generate" + (" (compiled)" if ns.compile else ""): lambda: batched(
+            model, tokenizer, prompts, ns.n, ns.max_new_tokens, cache_implementation="static"
+        ),
+        "HFSampler (this library)": lambda: ours(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
+    }
+    if not ns.compile:
+        model.generation_config.disable_compile = True
+    rates = {}
+    for name, fn in methods.items():
+        if any(name.startswith(s) for s in ns.skip):
+            continue
+        try:
+            rate, tokens = timed(fn, ns.repeats, sync)
+        except Exception as err:  # e.g. a static cache this transformers build cannot do on this device
+            print(f"  {name:<38} failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
+            continue
+        rates[name] = rate
+        print(f"  {name:<38} {rate:>10,.0f} tok/s   ({tokens} tokens)")
+    ours_rate = rates.get("HFSampler (this library)")
+    if ours_rate:
+        for name, rate in rates.items():
+            if not name.startswith("HFSampler"):
+                print(f"  HFSampler / {name}: {ours_rate / rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

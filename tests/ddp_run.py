@@ -1,0 +1,66 @@
+"""A 2-rank DDP SFT run of the toy model with the three callbacks (run by tests/test_ddp.py under torchrun).
+
+    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR
+
+Unequal shares on purpose: 7 held-out examples and 5 problems on 2 ranks. Each rank writes what its
+callbacks hold to OUTPUT_DIR/rank<r>.json; rank 0 also writes the held-out rows and problems as JSONL so
+the test can measure the saved checkpoints in one process with `sftrl eval`.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from trl import SFTTrainer  # noqa: E402
+
+from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback  # noqa: E402
+from sftrl_callbacks.demo import toy_sft_config  # noqa: E402
+from sftrl_callbacks.sampling import HFSampler  # noqa: E402
+from sftrl_callbacks.toy import StepVerifier, build_model, build_tokenizer, make_splits  # noqa: E402
+
+
+def main(out: str) -> None:
+    tokenizer = build_tokenizer()
+    splits = make_splits(n_train=2000, n_heldout_sft=7, n_heldout_problems=5, seed=0)
+    loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=15, batch_size=2)
+    # 8 rows a call: 2 problems a chunk, so the 5 problems go in chunks of 2, 2, 1 (3 on rank 0, 2 on rank 1).
+    sampler = HFSampler(max_batch_rows=8)
+    passk = PassAtKCallback(
+        {"mixed": splits.heldout_problems}, verifier=StepVerifier(), sampler=sampler, n=4, max_new_tokens=30, seed=3
+    )
+    readiness = RLReadinessCallback()
+    args = toy_sft_config(out, 60, [], save_steps=30, per_device_train_batch_size=16, learning_rate=3e-3)
+    trainer = SFTTrainer(
+        model=build_model(tokenizer, seed=0),
+        args=args,
+        train_dataset=splits.train,
+        processing_class=tokenizer,
+        callbacks=[loss, passk, readiness],
+    )
+    trainer.train()
+    rank = int(os.environ.get("RANK", 0))
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if rank == 0:
+        splits.heldout_sft.to_json(os.path.join(out, "heldout.jsonl"))
+        splits.heldout_problems.to_json(os.path.join(out, "problems.jsonl"))
+    view = {
+        "world": world,
+        "loss": loss.history["sftrl/heldout/mixed/loss"],
+        "passk": {
+            r.step: {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
+            for r in passk.results["mixed"]
+        },
+        "errors": loss.errors + passk.errors + readiness.errors,
+        "checkpoints": readiness.checkpoints,
+    }
+    with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+        json.dump(view, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,55 @@
+"""Measurement sharded across 2 DDP ranks (torchrun, gloo, CPU) equals the single-process measurement."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from sftrl_callbacks.cli import main as sftrl
+from sftrl_callbacks.sinks import read_jsonl
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_run.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), SCRIPT, str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["world"] == 2 and rank0["errors"] == 0
+    # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
+    assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"]
+    assert rank0["checkpoints"] == rank1["checkpoints"] == [30, 60]
+    records = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    keys = [(r["step"], r["name"]) for r in records]
+    assert len(keys) == len(set(keys))  # nothing written twice
+
+    # The same checkpoints measured by one process (`sftrl eval`, the callbacks' code paths).
+    args = ["eval", str(out / "checkpoint-30"), str(out / "checkpoint-60")]
+    args += ["--heldout", f"mixed={out / 'heldout.jsonl'}", "--problems", f"mixed={out / 'problems.jsonl'}"]
+    args += ["--verifier", "toy-steps", "--n", "4", "--max-new-tokens", "30", "--seed", "3", "--max-length", "128"]
+    args += ["--max-batch-rows", "8"]  # the same chunks of problems, so the same seeds
+    capsys.readouterr()
+    assert sftrl(args) == 0
+    single = {r["step"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    losses = dict(rank0["loss"])
+    for step in (30, 60):
+        assert single[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(losses[step], abs=1e-4)
+        alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json").read_text())
+        sharded = rank0["passk"][str(step)]
+        assert alone["n"] == sharded["n"] == [4] * 5 and alone["c"] == sharded["c"]
+        assert alone["mean_completion_tokens"] == sharded["tokens"]
+        assert alone["examples"] == sharded["examples"]  # the same completions, drawn on other ranks
