@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 
-from sftrl_callbacks.demo import machine_summary, run_demo
+from sftrl_callbacks.demo import demo_settings, machine_summary, run_demo
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 BLOCK = re.compile(r"(<!-- demo-figures:begin.*?-->\n).*?(<!-- demo-figures:end -->)", re.S)
@@ -32,13 +32,14 @@ def figures_paragraph() -> str:
     acc = result.greedy_accuracy
     by_steps = ", ".join(f"{k} {v:.0%}" for k, v in acc.items() if k != "all")
     share = result.callback_time_s / result.train_time_s
+    each = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.callback_times.items())
     rl = result.rl_start
     return (
-        f"`sftrl demo` (400 steps, batch 32, 20k mixed 1-3-step rows, `HeldOutLossCallback` every 40 steps, "
-        f"`PassAtKCallback` n = 64 on 32 problems at the two saves, `RLReadinessCallback`), measured by "
+        f"`sftrl demo` (400 steps, batch 32, 20k mixed 1-3-step rows; {demo_settings()}; "
+        f"`RLReadinessCallback`), measured by "
         f"`python benchmarks/demo_figures.py` on {machine_summary()}: wall time {result.wall_time_s:.0f} s "
         f"(training {result.train_time_s:.0f} s, of which the callbacks {result.callback_time_s:.1f} s = "
-        f"{share:.0%}); greedy exact-match accuracy on 96 held-out problems **{acc['all']:.0%}** ({by_steps}); "
+        f"{share:.1%}: {each}); greedy exact-match accuracy on 96 held-out problems **{acc['all']:.0%}** ({by_steps}); "
         f"held-out loss {losses[first]:.3f} at step {first} -> {losses[last]:.3f} at step {last}; "
         f"pass@1 / pass@8 / pass@64 at {passk}; RL start: step {rl['step'] if rl else None}.\n"
     )

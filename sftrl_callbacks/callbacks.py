@@ -26,6 +26,7 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from . import readiness
+from .background import BackgroundPassAtK
 from .checkpoints import protect
 from .checks import check_types, require
 from .distributed import current_shard
@@ -36,6 +37,7 @@ from .readiness import DEFAULT_SMOOTHING, SCORE_FORMULA, STOP_POLICIES, Candidat
 from .records import (
     GapRecord,
     LossRecord,
+    PassAtKRecord,
     Record,
     file_safe,
     heldout_name,
@@ -396,6 +398,17 @@ class PassAtKCallbackConfig(PassAtKConfig):
     every_n_steps: int | None = field(default=None, metadata={"help": "Also measure every N steps (None: off)."})
     on_save: bool = field(default=True, metadata={"help": "Measure on every step the trainer saves a checkpoint."})
     on_train_end: bool = field(default=True, metadata={"help": "Measure at the end of training."})
+    background: bool = field(
+        default=False,
+        metadata={
+            "help": "Measure saved checkpoints in a separate process (same code and config) so training does not "
+            "wait; results land at the checkpoint's step. Needs a named verifier and the default sampler; "
+            "single-process runs only. At the end of training it waits for the last ones."
+        },
+    )
+    background_device: str = field(
+        default="cpu", metadata={"help": "Device of the background process: 'cpu' (one thread), 'cuda:1', ..."}
+    )
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
 
     def __post_init__(self) -> None:
@@ -445,6 +458,13 @@ class PassAtKCallback(_ScheduledMonitor):
         self.sampler = sampler or HFSampler()
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
+        if self.config.background and (not isinstance(verifier, str) or sampler is not None):
+            raise ValueError(
+                "PassAtKCallback(background=True) measures in another process, which rebuilds the verifier from "
+                "its name and uses the default sampler: pass verifier='answer' / 'math-verify' / 'toy-steps' and "
+                "no sampler."
+            )
+        self.verifier_name = verifier if isinstance(verifier, str) else None
 
     def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
         self._attach(args, state)
@@ -461,6 +481,11 @@ class PassAtKCallback(_ScheduledMonitor):
                     f"Problem set {name!r} has chat-message prompts but the tokenizer has no chat_template: "
                     "set tokenizer.chat_template or give plain-text prompts."
                 )
+        if self.config.background and args.world_size > 1:
+            raise ValueError(
+                "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "
+                "(the default) or run `sftrl eval --watch` beside the training."
+            )
         if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
             raise ValueError(
                 "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
@@ -470,6 +495,24 @@ class PassAtKCallback(_ScheduledMonitor):
     def _start_run(self) -> None:
         super()._start_run()
         self.results: dict[str, list[PassAtKResult]] = defaultdict(list)  # this process's results, in memory
+        self.background: BackgroundPassAtK | None = None
+
+    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
+        if not self.config.background:
+            return super()._due(state, control)
+        # Saved checkpoints go to the background process (on_save); what is not saved is measured here.
+        every = self.config.every_n_steps
+        end = self.config.on_train_end and control.should_training_stop and not control.should_save
+        return bool((every and state.global_step % every == 0) or end)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.config.background:
+            super().on_epoch_end(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if self.background is not None:
+            self._safely("background pass@k", self._collect, self.background.collect())
 
     def _label(self) -> str:
         return f"PassAtKCallback[{','.join(self.set_names)}]"
@@ -479,9 +522,37 @@ class PassAtKCallback(_ScheduledMonitor):
         return list(self.problems)
 
     def on_save(self, args, state, control, **kwargs):
-        if self.hub.is_main:
-            self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state)
+        if self.config.background and self.config.on_save and state.global_step != self._last_step:
+            self._safely("background pass@k submission", self._submit, state.global_step)
+        elif self.hub.is_main:
+            self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
         super().on_save(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        if self.background is not None and self.background.pending:
+            logger.warning("sftrl: waiting for %d background pass@k job(s)", self.background.pending)
+            self._safely("background pass@k", self._collect, self.background.wait())
+            self.hub.merge_into_log(state, None)
+
+    def _submit(self, step: int) -> None:
+        if self.background is None:
+            workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
+            self.background = BackgroundPassAtK(
+                workdir, self.problems, self.verifier_name, self.config, self.config.background_device
+            )
+        self.background.submit(step, self.hub.checkpoint_dir(step))
+
+    def _collect(self, finished: list) -> None:
+        for step, results in finished:
+            if isinstance(results, str):
+                self.errors += 1
+                logger.error("sftrl: %s", results)
+                continue
+            for name, result in results.items():
+                self._publish(step, name, result)
+            if self.hub.is_main:
+                self._copy_to_checkpoint(step)
 
     def _measure(self, state: TrainerState, model, processing_class) -> None:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
@@ -490,21 +561,24 @@ class PassAtKCallback(_ScheduledMonitor):
             result = measure_pass_at_k(
                 model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step, current_shard()
             )
-            self.results[name].append(result)
-            self.hub.write_json(self._step_path(step, name), result.to_json())
-            self.publish(result.to_record(step))
-            points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
-            rows = [[k, v, step] for k, v in sorted(points.items())]
-            curve = Table(["k", "pass@k", "step"], rows, ("k", "pass@k"), f"{name}: pass@k vs k at step {step}")
-            self.hub.media(step, passk_name(name, f"curve_step_{step}"), curve, self.extra_sinks)
+            self._publish(step, name, result)
+
+    def _publish(self, step: int, name: str, result: PassAtKResult) -> None:
+        self.results[name].append(result)
+        self.hub.write_json(self._step_path(step, name), result.to_json())
+        self.publish(result.to_record(step))
+        points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
+        rows = [[k, v, step] for k, v in sorted(points.items())]
+        curve = Table(["k", "pass@k", "step"], rows, ("k", "pass@k"), f"{name}: pass@k vs k at step {step}")
+        self.hub.media(step, passk_name(name, f"curve_step_{step}"), curve, self.extra_sinks)
 
     def _step_path(self, step: int, name: str) -> str:
         return os.path.join(self.hub.output_dir, "sftrl", "passk", f"step-{step}_{file_safe(name)}.json")
 
-    def _copy_to_checkpoint(self, state: TrainerState) -> None:
-        checkpoint = self.hub.checkpoint_dir(state.global_step)
+    def _copy_to_checkpoint(self, step: int) -> None:
+        checkpoint = self.hub.checkpoint_dir(step)
         for name in self.problems:
-            source = self._step_path(state.global_step, name)
+            source = self._step_path(step, name)
             if os.path.isdir(checkpoint) and os.path.exists(source):
                 os.makedirs(os.path.join(checkpoint, "sftrl"), exist_ok=True)
                 shutil.copyfile(source, os.path.join(checkpoint, "sftrl", f"passk_{file_safe(name)}.json"))
@@ -715,6 +789,8 @@ class RLReadinessCallback(_MonitorCallback):
     def _update(self, record: Record) -> None:
         for flag in self.tracker.add(record):
             self._announce(flag)
+        if isinstance(record, PassAtKRecord) and record.step in self.checkpoints:  # measured after its save
+            self._choose_rl_start(self.hub.state_ref().global_step)
 
     def _announce(self, flag: Flag) -> None:
         logger.warning("sftrl flag %s: %s", flag.kind, flag.detail)
@@ -765,7 +841,7 @@ class RLReadinessCallback(_MonitorCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step not in self.checkpoints:
             self.checkpoints.append(state.global_step)
-        self._safely("RL-start choice", self._choose_rl_start, state)
+        self._safely("RL-start choice", self._choose_rl_start, state.global_step)
         super().on_save(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -798,7 +874,7 @@ class RLReadinessCallback(_MonitorCallback):
         png, _ = render_report(self.hub.output_dir)
         self.hub.media(step, readiness_name("report"), Image(png, "sftrl report: flags red, RL start green"), extra)
 
-    def _choose_rl_start(self, state: TrainerState) -> None:
+    def _choose_rl_start(self, step: int) -> None:
         if not self.hub.is_main:
             return
         hub = self.hub
@@ -837,10 +913,7 @@ class RLReadinessCallback(_MonitorCallback):
             "excluded": choice.excluded,
         }
         hub.write_json(os.path.join(hub.output_dir, "sftrl", "rl_start.json"), self.rl_start)
-        self.emit(
-            state.global_step,
-            {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score},
-        )
+        self.emit(step, {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score})
         hub.summary(
             {
                 "sftrl/rl_start/step": choice.step,

@@ -12,14 +12,15 @@ import time
 
 
 def _demo(ns: argparse.Namespace) -> int:
-    from .demo import machine_summary, run_demo
+    from .demo import demo_settings, machine_summary, run_demo
 
     result = run_demo(ns.output_dir, max_steps=ns.max_steps, seed=ns.seed, show_progress=not ns.quiet)
-    print("\nHeld-out loss (token-weighted mean NLL on held-out SFT examples):")
+    print(f"\nMonitors: {demo_settings(ns.max_steps)}.")
+    print("Held-out loss (token-weighted mean NLL on held-out SFT examples):")
     for step, loss in result.heldout_losses:
         print(f"  step {step:5d}  {loss:.4f}")
     if result.pass_at_k:
-        print("Pass@k on 32 held-out problems (64 samples each at T=1, strict step verifier, unbiased estimator):")
+        print("Pass@k on held-out problems:")
         for step, curve in result.pass_at_k:
             print(f"  step {step:5d}  " + "  ".join(f"pass@{k} {v:.3f}" for k, v in curve.items() if k in (1, 8, 64)))
     acc = result.greedy_accuracy
@@ -32,7 +33,7 @@ def _demo(ns: argparse.Namespace) -> int:
     share = result.callback_time_s / result.train_time_s
     print(
         f"Wall time {result.wall_time_s:.0f} s (training {result.train_time_s:.0f} s, of which the sftrl "
-        f"callbacks {result.callback_time_s:.1f} s = {share:.0%}) on {machine_summary()}"
+        f"callbacks {result.callback_time_s:.1f} s = {share:.1%}) on {machine_summary()}"
     )
     return 0
 

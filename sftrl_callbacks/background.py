@@ -1,0 +1,167 @@
+"""Pass@k of saved checkpoints in a separate process, so training does not wait for sampling.
+
+`PassAtKCallback(background=True)` hands each saved checkpoint to a `BackgroundPassAtK`: the checkpoint
+is hard-linked into `<output_dir>/sftrl/background/` (so `save_total_limit` rotation cannot delete it
+under the job), and a child process (`python -m sftrl_callbacks.background JOB.json`) measures it with
+`measure_pass_at_k`, the same code and config as in training, on `background_device`. Jobs run one at a
+time, in order; the callback collects finished ones at every step and at the end of training, and
+publishes them at the checkpoint's own step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from datasets import Dataset
+
+from .checkpoints import link_copy
+from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k
+from .records import file_safe
+from .sinks import write_json_atomic
+
+logger = logging.getLogger("sftrl_callbacks")
+
+
+class BackgroundPassAtK:
+    """A queue of checkpoints measured one at a time by a child process."""
+
+    def __init__(
+        self,
+        workdir: str,
+        problems: Mapping[str, Dataset],
+        verifier: str,
+        config: PassAtKConfig,
+        device: str = "cpu",
+        max_batch_rows: int = 1024,
+    ) -> None:
+        self.workdir, self.problems, self.verifier = workdir, dict(problems), verifier
+        self.config, self.device, self.max_batch_rows = config, device, max_batch_rows
+        self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
+        self._running: tuple[int, str, subprocess.Popen, float] | None = None
+        self._problem_files: dict[str, str] | None = None
+
+    def submit(self, step: int, checkpoint: str) -> None:
+        copy = os.path.join(self.workdir, f"checkpoint-{step}")
+        shutil.rmtree(copy, ignore_errors=True)  # left by an interrupted earlier run
+        link_copy(checkpoint, copy)
+        self._queue.append((step, copy))
+        self._start_next()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + (self._running is not None)
+
+    def collect(self) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
+        """Finished jobs since the last call: (step, {set: result}) or (step, error text)."""
+        if self._running is None:
+            return []
+        step, copy, proc, started = self._running
+        if proc.poll() is None:
+            return []
+        self._running = None
+        out: dict[str, PassAtKResult] | str
+        if proc.returncode == 0:
+            out = {name: load_result(self._result_path(copy, name)) for name in self.problems}
+        else:
+            with open(os.path.join(copy, "sftrl", "background.log"), encoding="utf-8", errors="replace") as f:
+                tail = f.read()[-2000:]
+            seconds = time.time() - started
+            out = f"background pass@k of step {step} exited with {proc.returncode} after {seconds:.0f} s:\n{tail}"
+        shutil.rmtree(copy, ignore_errors=True)
+        self._start_next()
+        return [(step, out)]
+
+    def wait(self, timeout_s: float | None = None) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
+        """Collect until the queue is empty (or `timeout_s` passed; what is left keeps running)."""
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        done = []
+        while self.pending and (deadline is None or time.time() < deadline):
+            done += self.collect()
+            time.sleep(0.2)
+        return done
+
+    def close(self) -> None:
+        if self._running is not None:
+            self._running[2].kill()
+            self._running = None
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _start_next(self) -> None:
+        if self._running is not None or not self._queue:
+            return
+        step, copy = self._queue.pop(0)
+        job = {
+            "checkpoint": copy,
+            "step": step,
+            "problems": self._write_problems(),
+            "verifier": self.verifier,
+            "config": asdict(self.config),
+            "device": self.device,
+            "max_batch_rows": self.max_batch_rows,
+        }
+        os.makedirs(os.path.join(copy, "sftrl"), exist_ok=True)
+        job_path = os.path.join(copy, "sftrl", "background_job.json")
+        write_json_atomic(job_path, job)
+        log = open(os.path.join(copy, "sftrl", "background.log"), "w", encoding="utf-8")  # noqa: SIM115
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        if self.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sftrl_callbacks.background", job_path], stdout=log, stderr=log, env=env
+        )
+        log.close()  # the child holds its own descriptor
+        self._running = (step, copy, proc, time.time())
+
+    def _write_problems(self) -> dict[str, str]:
+        if self._problem_files is None:
+            os.makedirs(self.workdir, exist_ok=True)
+            self._problem_files = {}
+            for name, ds in self.problems.items():
+                path = os.path.join(self.workdir, f"problems_{file_safe(name)}.jsonl")
+                ds.to_json(path)
+                self._problem_files[name] = path
+        return self._problem_files
+
+    @staticmethod
+    def _result_path(copy: str, name: str) -> str:
+        return os.path.join(copy, "sftrl", f"background_passk_{file_safe(name)}.json")
+
+
+def run_job(job_path: str) -> None:
+    """The child process: measure one checkpoint as the job file says."""
+    import torch
+    from datasets import disable_progress_bars, load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .callbacks import PassAtKCallbackConfig
+    from .sampling import HFSampler
+    from .verifiers import make_verifier
+
+    disable_progress_bars()
+    with open(job_path, encoding="utf-8") as f:
+        job: dict[str, Any] = json.load(f)
+    if job["device"] == "cpu":
+        torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
+    config = PassAtKCallbackConfig(**job["config"])
+    named = {"answer_column": config.answer_column} if job["verifier"] in ("answer", "math-verify") else {}
+    verifier = make_verifier(job["verifier"], **named)
+    tokenizer = AutoTokenizer.from_pretrained(job["checkpoint"], local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(job["checkpoint"], local_files_only=True).to(job["device"])
+    sampler = HFSampler(max_batch_rows=job["max_batch_rows"], show_progress=False)
+    for name, path in job["problems"].items():
+        problems = load_dataset("json", data_files=path, split="train")
+        result = measure_pass_at_k(model, tokenizer, problems, verifier, config, sampler, name, job["step"])
+        result.save(BackgroundPassAtK._result_path(job["checkpoint"], name))
+
+
+if __name__ == "__main__":
+    run_job(sys.argv[1])

@@ -1,0 +1,49 @@
+"""Pass@k of saved checkpoints in a background process: same numbers at the same steps, training does not wait."""
+
+import json
+
+import pytest
+
+from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+from sftrl_callbacks.sinks import read_jsonl
+
+from .conftest import make_trainer
+
+
+def _run(tmp_path, tokenizer, splits, background):
+    passk = PassAtKCallback(
+        {"mixed": splits.heldout_problems},
+        verifier="toy-steps",
+        n=8,
+        num_problems=6,
+        max_new_tokens=30,
+        seed=3,
+        background=background,
+    )
+    readiness = RLReadinessCallback()
+    callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10), passk, readiness]
+    make_trainer(tmp_path, tokenizer, splits.train, callbacks, max_steps=60, save_steps=30).train()
+    return passk, readiness
+
+
+@pytest.mark.slow
+def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbers(tmp_path, tokenizer, splits):
+    inline, _ = _run(tmp_path / "inline", tokenizer, splits, background=False)
+    background, readiness = _run(tmp_path / "background", tokenizer, splits, background=True)
+    assert background.errors == 0 and background.background.pending == 0
+    by_step = {r.step: r for r in background.results["mixed"]}
+    assert sorted(by_step) == [30, 60]
+    for expected in inline.results["mixed"]:
+        got = by_step[expected.step]
+        assert got.c == expected.c and got.n == expected.n  # same checkpoint, code, config and seeds
+        assert got.pass_at_k == pytest.approx(expected.pass_at_k)
+    out = tmp_path / "background" / "out"
+    records = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    steps = {r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@8"}
+    assert steps == {30, 60}
+    assert (out / "checkpoint-30" / "sftrl" / "passk_mixed.json").exists()
+    rl_start = json.loads((out / "sftrl" / "rl_start.json").read_text())
+    assert rl_start["metrics"]["passk"] is not None and rl_start["metrics"]["passk_metric"].endswith("pass@8")
+    assert readiness.tracker.series("passk")  # the readiness ranking saw the late results
+    # Training waited for sampling inline, not in the background (the end waits for the last job only).
+    assert not (out / "sftrl" / "background" / "checkpoint-30").exists()  # the job's copy is cleaned up
