@@ -57,7 +57,6 @@ class PassAtKConfig:
     num_saved_examples: int = field(default=3, metadata={"help": "Problems whose completions go into the JSON."})
     ci_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
-
     verifier_timeout_s: float | None = field(
         default=60.0,
         metadata={
@@ -228,7 +227,7 @@ def measure_pass_at_k(
     """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`).
 
     With a `shard` of several ranks the problems are split across them and the counts gathered: every
-    rank returns the whole result (see `_sample_round` for why it does not depend on the number of ranks).
+    rank returns the whole result (see `_Draw.round` for why it does not depend on the number of ranks).
     """
     check_problems(problems, config, dataset_name)
     sampler = sampler or HFSampler()
@@ -245,7 +244,7 @@ def measure_pass_at_k(
     first = draw.round(0, list(range(len(rows))), [first_n] * len(rows))
     done = sorted(first)  # a time budget can leave problems out
     rows, tallies = [rows[i] for i in done], [first[i] for i in done]
-    draw.rows = rows
+    draw.rows = rows  # later rounds index the problems kept
     counts_n = np.array([t.n for t in tallies], dtype=np.int64)
     counts_c = np.array([t.c for t in tallies], dtype=np.int64)
 

@@ -43,7 +43,7 @@ class VerifierOutputError(ValueError):
 def check_verdicts(verifier: Verifier, verdicts: Any, expected: int) -> list[bool]:
     """`verdicts` as a list of bools, or a `VerifierOutputError` that names the verifier and the fault."""
     name = type(verifier).__name__
-    if isinstance(verdicts, (str, bytes, Mapping)) or not hasattr(verdicts, "__len__"):
+    if isinstance(verdicts, (str, bytes, Mapping, set)) or not hasattr(verdicts, "__len__"):
         raise VerifierOutputError(
             f"Verifier {name}.check returned a {type(verdicts).__name__}; return a list with one bool per completion."
         )

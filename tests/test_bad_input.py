@@ -172,6 +172,11 @@ CONSTRUCTION = {
     "negative-min-delta": (lambda: RLReadinessCallback(passk_min_delta=-0.1), ValueError, "passk_min_delta=-0.1"),
     "weights-both-zero": (lambda: RLReadinessCallback(loss_weight=0.0, passk_weight=0.0), ValueError, "both 0"),
     "watch-not-a-monitor": (lambda: RLReadinessCallback(watch=[object()]), TypeError, "watch= takes"),
+    "background-custom-verifier": (
+        lambda: PassAtKCallback(problems(), verifier=Returns(lambda c: [False] * len(c)), background=True),
+        ValueError,
+        "rebuilds the verifier from its name",
+    ),
     "sink-without-log": (lambda: HeldOutLossCallback(HELDOUT, sinks=[object()]), TypeError, "is not a MetricSink"),
 }
 
