@@ -140,9 +140,9 @@ def run_job(job_path: str) -> None:
     """The child process: measure one checkpoint as the job file says."""
     import torch
     from datasets import disable_progress_bars, load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .callbacks import PassAtKCallbackConfig
+    from .cli import load_checkpoint
     from .sampling import HFSampler
     from .verifiers import make_verifier
 
@@ -152,10 +152,8 @@ def run_job(job_path: str) -> None:
     if job["device"] == "cpu":
         torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
     config = PassAtKCallbackConfig(**job["config"])
-    named = {"answer_column": config.answer_column} if job["verifier"] in ("answer", "math-verify") else {}
-    verifier = make_verifier(job["verifier"], **named)
-    tokenizer = AutoTokenizer.from_pretrained(job["checkpoint"], local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(job["checkpoint"], local_files_only=True).to(job["device"])
+    verifier = make_verifier(job["verifier"], answer_column=config.answer_column)
+    model, tokenizer = load_checkpoint(job["checkpoint"], dtype="auto", device=job["device"])
     sampler = HFSampler(max_batch_rows=job["max_batch_rows"], show_progress=False)
     for name, path in job["problems"].items():
         problems = load_dataset("json", data_files=path, split="train")

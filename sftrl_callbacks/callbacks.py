@@ -414,6 +414,8 @@ class PassAtKCallbackConfig(PassAtKConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_schedule(self, "PassAtKCallback")
+        kind = self.background_device.split(":")[0]
+        require(self, "background_device", kind in ("cpu", "cuda", "xpu", "mps", "npu"), "use 'cpu', 'cuda:1', ...")
 
 
 class PassAtKCallback(_ScheduledMonitor):
@@ -450,8 +452,7 @@ class PassAtKCallback(_ScheduledMonitor):
                 raise TypeError(f"Problem set {name!r} must be a datasets.Dataset, got {type(ds).__name__}.")
             check_problems(ds, self.config, name)
         self.problems = dict(problems)
-        named = {"answer_column": self.config.answer_column} if verifier in ("answer", "math-verify") else {}
-        self.verifier = make_verifier(verifier, **named)
+        self.verifier = make_verifier(verifier, answer_column=self.config.answer_column)
         self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
         for name, ds in self.problems.items():
             probe_verifier(self._guarded, ds[0], f"problem set {name!r}")
@@ -512,7 +513,7 @@ class PassAtKCallback(_ScheduledMonitor):
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
         if self.background is not None:
-            self._safely("background pass@k", self._collect, self.background.collect())
+            self._safely("background pass@k", self._collect, self.background.collect)
 
     def _label(self) -> str:
         return f"PassAtKCallback[{','.join(self.set_names)}]"
@@ -523,6 +524,7 @@ class PassAtKCallback(_ScheduledMonitor):
 
     def on_save(self, args, state, control, **kwargs):
         if self.config.background and self.config.on_save and state.global_step != self._last_step:
+            self._last_step = state.global_step  # measured by the background job: not again at the end
             self._safely("background pass@k submission", self._submit, state.global_step)
         elif self.hub.is_main:
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
@@ -532,7 +534,7 @@ class PassAtKCallback(_ScheduledMonitor):
         super().on_train_end(args, state, control, **kwargs)
         if self.background is not None and self.background.pending:
             logger.warning("sftrl: waiting for %d background pass@k job(s)", self.background.pending)
-            self._safely("background pass@k", self._collect, self.background.wait())
+            self._safely("background pass@k", self._collect, self.background.wait)
             self.hub.merge_into_log(state, None)
 
     def _submit(self, step: int) -> None:
@@ -543,9 +545,12 @@ class PassAtKCallback(_ScheduledMonitor):
             )
         self.background.submit(step, self.hub.checkpoint_dir(step))
 
-    def _collect(self, finished: list) -> None:
-        for step, results in finished:
+    def _collect(self, finished: Callable[[], list]) -> None:
+        """Publish the jobs `finished()` returns, each at its checkpoint's step."""
+        for step, results in finished():
             if isinstance(results, str):
+                if self.strict:
+                    raise RuntimeError(results)
                 self.errors += 1
                 logger.error("sftrl: %s", results)
                 continue

@@ -75,7 +75,10 @@ def _check_checkpoint(path: str) -> bool:
     )
 
 
-def _load_checkpoint(path: str, dtype: str):
+def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer) of a saved checkpoint or PEFT adapter folder, offline, with one-line errors.
+
+    `dtype` is a torch dtype name or "auto" (as saved); `device` defaults to CUDA when there is one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,10 +102,13 @@ def _load_checkpoint(path: str, dtype: str):
             "(the trainer does when it has processing_class=)"
         ) from err
     try:
-        model = loader.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)
+        model = loader.from_pretrained(
+            path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), local_files_only=True
+        )
     except Exception as err:
         raise ValueError(f"{path}: the {what} could not be loaded: {_first_line(err)}") from err
-    return model.to("cuda") if torch.cuda.is_available() else model, tokenizer
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), tokenizer
 
 
 class _EvalInputs:
@@ -129,8 +135,8 @@ class _EvalInputs:
                 seed=ns.seed,
                 extrapolate_ks=ns.extrapolate_ks or [],
             )
-            named = {"answer_column": self.config.answer_column} if ns.verifier != "toy-steps" else {}
-            self.verifier = GuardedVerifier(make_verifier(ns.verifier, **named), self.config.verifier_timeout_s)
+            verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
+            self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:
                 name, rows = _load_rows(spec)
                 _in_file(spec, check_problems, rows, self.config, name)
@@ -157,14 +163,14 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
     step = int(match[1]) if match else None
-    model, tokenizer = _load_checkpoint(checkpoint, ns.dtype)
+    model, tokenizer = load_checkpoint(checkpoint, ns.dtype)
     out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
     for name, rows in inputs.heldout:
         examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
         result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=pad_token_id(tokenizer))
         out["metrics"][heldout_name(name, "loss")] = result.loss
+    sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
     for name, rows in inputs.problems:
-        sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
         result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, sampler, name, step)
         result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
         out["metrics"].update(result.metrics())

@@ -370,8 +370,10 @@ VERIFIERS: dict[str, Callable[..., Verifier]] = {
 }
 
 
-def make_verifier(spec: str | Verifier, **kwargs: Any) -> Verifier:
-    """A verifier from a name ("answer", "math-verify", "toy-steps") or the object itself."""
+def make_verifier(spec: str | Verifier, answer_column: str = "answer", **kwargs: Any) -> Verifier:
+    """A verifier from a name ("answer", "math-verify", "toy-steps") or the object itself.
+
+    Named verifiers that read an answer read `answer_column`; `kwargs` go to their constructor."""
     if not isinstance(spec, str):
         if not isinstance(spec, Verifier):
             raise TypeError(f"{type(spec).__name__} is not a Verifier: it needs check(completions, rows).")
@@ -384,4 +386,4 @@ def make_verifier(spec: str | Verifier, **kwargs: Any) -> Verifier:
         raise ValueError(
             f"Unknown verifier {spec!r}; choose one of {sorted([*VERIFIERS, 'toy-steps'])} or pass a Verifier object."
         )
-    return VERIFIERS[spec](**kwargs)
+    return VERIFIERS[spec](answer_column=answer_column, **kwargs)

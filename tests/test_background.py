@@ -47,3 +47,22 @@ def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbe
     assert readiness.tracker.series("passk")  # the readiness ranking saw the late results
     # Training waited for sampling inline, not in the background (the end waits for the last job only).
     assert not (out / "sftrl" / "background" / "checkpoint-30").exists()  # the job's copy is cleaned up
+
+
+@pytest.mark.slow
+def test_a_failing_background_job_is_reported_and_training_goes_on(tmp_path, tokenizer, splits, caplog):
+    import logging
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a device the child cannot use; this machine has CUDA")
+    passk = PassAtKCallback(
+        splits.heldout_problems, verifier="toy-steps", n=4, max_new_tokens=20, background=True, background_device="cuda"
+    )
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [passk], max_steps=20, save_steps=10)
+    with caplog.at_level(logging.ERROR, logger="sftrl_callbacks"):
+        trainer.train()
+    assert trainer.state.global_step == 20 and (tmp_path / "out" / "checkpoint-20").is_dir()
+    assert passk.errors == 2 and not passk.results["heldout"]
+    assert "background pass@k of step 10 exited with" in caplog.text
