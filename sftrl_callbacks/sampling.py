@@ -115,13 +115,31 @@ class HFSampler:
 
     `max_batch_rows` bounds the sequences decoded together (memory); prompts are grouped so that a
     group's samples fit in it.
+
+    `static=True` decodes with fixed shapes: attention over the whole preallocated cache under a
+    prepared mask, the write position a device tensor, the batch shrunk only to powers of two. That is
+    what CUDA graphs need; `compile=True` (implies `static`) wraps the decode step in
+    `torch.compile(mode="reduce-overhead")` on CUDA. Both are opt-in and **not yet measured on a GPU**;
+    on a CPU they are slower than the default (attention over the whole buffer), and only `static` is
+    tested (greedy output identical to `generate`).
     """
 
-    def __init__(self, max_batch_rows: int = 1024, show_progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        max_batch_rows: int = 1024,
+        show_progress: bool | None = None,
+        static: bool = False,
+        compile: bool = False,
+    ) -> None:
         if max_batch_rows < 1:
             raise ValueError("max_batch_rows must be >= 1.")
         self.max_batch_rows = max_batch_rows
         self.show_progress = show_progress
+        self.static = static or compile
+        self._forward = None
+        if compile:  # compiled once per sampler; the shapes it sees are the powers of two of the batch
+            mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+            self._forward = torch.compile(_static_forward, mode=mode, dynamic=False)
 
     def sample(
         self,
@@ -184,7 +202,11 @@ class HFSampler:
         # the host looks (one sync) only every `sync_every` tokens, to drop finished rows and check stop strings.
         attention = prompt_mask.new_zeros((total, width + max_new))
         attention[:, :width] = prompt_mask[rows]
-        logits, next_position = logits[rows], positions[rows, -1] + 1
+        logits = logits[rows]
+        if self.static:
+            step = _StaticStep(model, cache, cache_arg, attention, positions[rows, -1] + 1, width, self._forward)
+        else:
+            step = _GrowingStep(model, cache, cache_arg, attention, positions[rows, -1] + 1, width)
         out = torch.zeros((total, max_new), dtype=torch.long, device=device)
         length = torch.full((total,), max_new, dtype=torch.long, device=device)  # tokens before EOS / stop
         finished = torch.zeros(total, dtype=torch.bool, device=device)  # ended by EOS or a stop string
@@ -208,21 +230,11 @@ class HFSampler:
                 n_done = int(live_done.sum())
                 if n_done == len(live):
                     break
-                # Dropping rows copies the whole cache, so it waits until a quarter of the batch is done.
-                if n_done >= max(1, len(live) // 4):
-                    keep = (~live_done).nonzero().squeeze(-1)
-                    cache.batch_select_indices(keep)
-                    tokens, attention, next_position = tokens[keep], attention[keep], next_position[keep]
-                    live, live_done = live[keep], live_done[keep]
-            attention[:, width + t] = 1
-            logits = model(
-                input_ids=tokens[:, None],
-                attention_mask=attention[:, : width + t + 1],
-                position_ids=next_position[:, None],
-                use_cache=True,
-                **{cache_arg: cache},
-            ).logits[:, -1]
-            next_position = next_position + 1
+                keep = step.rows_to_keep(live_done, n_done)
+                if keep is not None:
+                    step.select(keep)
+                    tokens, live, live_done = tokens[keep], live[keep], live_done[keep]
+            logits = step(tokens, t)
         if stops:
             stops.check(out, length, finished, live, live_done, t + 1)
 
@@ -235,6 +247,80 @@ class HFSampler:
                     text = text[: cut + len(stop)]
             results[prompt_index].append(Completion(text=text, n_tokens=n, truncated=not ended))
         return results
+
+
+class _GrowingStep:
+    """One decode forward per token over a cache that grows by one position (the default)."""
+
+    def __init__(self, model, cache, cache_arg, attention, next_position, width) -> None:
+        self.model, self.cache, self.cache_arg = model, cache, cache_arg
+        self.attention, self.position, self.width = attention, next_position, width
+
+    def rows_to_keep(self, done: torch.Tensor, n_done: int) -> torch.Tensor | None:
+        # Dropping rows copies the whole cache, so it waits until a quarter of the batch is done.
+        return (~done).nonzero().squeeze(-1) if n_done >= max(1, len(done) // 4) else None
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.attention, self.position = self.attention[keep], self.position[keep]
+
+    def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        self.attention[:, self.width + t] = 1
+        logits = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.attention[:, : self.width + t + 1],
+            position_ids=self.position[:, None],
+            use_cache=True,
+            **{self.cache_arg: self.cache},
+        ).logits[:, -1]
+        self.position = self.position + 1
+        return logits
+
+
+class _StaticStep(_GrowingStep):
+    """One decode forward per token with fixed shapes (see `HFSampler`): every tensor the forward reads
+    keeps its shape and address between tokens, and the batch only shrinks to a power of two."""
+
+    def __init__(self, model, cache, cache_arg, attention, next_position, width, forward=None) -> None:
+        super().__init__(model, cache, cache_arg, attention, next_position, width)
+        dtype = next(model.parameters()).dtype
+        self.write_at = torch.tensor([width], device=attention.device)  # cache position of the next token
+        for layer in cache.layers:
+            if not isinstance(layer, _PreallocatedLayer):
+                raise ValueError(f"HFSampler(static=True) needs plain attention caches, got {type(layer).__name__}.")
+            layer.write_at = self.write_at
+        # An additive mask over the whole buffer: 0 where a key may be seen, the dtype's minimum elsewhere.
+        self.mask = torch.full((len(attention), 1, 1, attention.shape[1]), torch.finfo(dtype).min, dtype=dtype)
+        self.mask = self.mask.to(attention.device)
+        self.mask[:, 0, 0, :width] = torch.where(attention[:, :width] > 0, 0.0, torch.finfo(dtype).min)
+        self.position = self.position[:, None].clone()
+        self.forward = forward or _static_forward
+
+    def rows_to_keep(self, done: torch.Tensor, n_done: int) -> torch.Tensor | None:
+        remaining = len(done) - n_done
+        bucket = 1 << max(remaining - 1, 0).bit_length()  # the next power of two
+        if bucket > len(done) // 2:
+            return None
+        running, finished = (~done).nonzero().squeeze(-1), done.nonzero().squeeze(-1)
+        return torch.cat([running, finished[: bucket - remaining]])  # finished rows fill the bucket
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.mask, self.position = self.mask[keep], self.position[keep]
+
+    def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
+        self.mask[:, 0, 0, self.width + t] = 0.0  # the new token sees itself
+        logits = self.forward(self.model, self.cache_arg, self.cache, tokens, self.mask, self.position)
+        self.position += 1
+        self.write_at += 1
+        return logits
+
+
+def _static_forward(model, cache_arg: str, cache, tokens, mask, position) -> torch.Tensor:
+    """The fixed-shape decode step (`torch.compile` target: no Python state of its own)."""
+    return model(
+        input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache_arg: cache}
+    ).logits[:, -1]
 
 
 class _StopStrings:
@@ -274,8 +360,10 @@ class _PreallocatedLayer(DynamicLayer):
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
         super().__init__()
         b, h, t, d = keys.shape
-        self._k = keys.new_empty((b, h, t + extra, d))
-        self._v = values.new_empty((b, h, t + extra, values.shape[-1]))
+        # Zeros, not empty: static decoding attends over the unwritten slots too (masked), and masked NaN
+        # garbage from uninitialised memory would still turn the softmax into NaN.
+        self._k = keys.new_zeros((b, h, t + extra, d))
+        self._v = values.new_zeros((b, h, t + extra, values.shape[-1]))
         self._k[:, :, :t], self._v[:, :, :t] = keys, values
         self._len = t
         self.device, self.is_initialized = keys.device, True
@@ -284,7 +372,13 @@ class _PreallocatedLayer(DynamicLayer):
     def _views(self) -> None:
         self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]
 
+    write_at: torch.Tensor | None = None  # set for static decoding: write there and return the whole buffer
+
     def update(self, key_states, value_states, *args, **kwargs):
+        if self.write_at is not None:
+            self._k.index_copy_(2, self.write_at, key_states)
+            self._v.index_copy_(2, self.write_at, value_states)
+            return self._k, self._v
         t = key_states.shape[-2]
         self._k[:, :, self._len : self._len + t] = key_states
         self._v[:, :, self._len : self._len + t] = value_states

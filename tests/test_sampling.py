@@ -1,13 +1,15 @@
+import pytest
 import torch
 
 from sftrl_callbacks import HFSampler, SamplingParams
 
 
-def test_greedy_matches_generate_across_prompt_lengths(trained, tokenizer, splits):
+@pytest.mark.parametrize("static", [False, True])
+def test_greedy_matches_generate_across_prompt_lengths(trained, tokenizer, splits, static):
     prompts = list(splits.heldout_problems["prompt"][:8])
     assert len({len(p) for p in prompts}) > 1  # left padding is exercised
     params = SamplingParams(max_new_tokens=40, temperature=0)
-    ours = HFSampler(max_batch_rows=5).sample(trained, tokenizer, prompts, 2, params)
+    ours = HFSampler(max_batch_rows=5, static=static).sample(trained, tokenizer, prompts, 2, params)
     for prompt, completions in zip(prompts, ours):
         enc = tokenizer(prompt, return_tensors="pt")
         out = trained.generate(**enc, max_new_tokens=40, do_sample=False)
@@ -30,11 +32,15 @@ def test_sampling_is_seeded_counts_per_prompt_and_restores_state(trained, tokeni
     trained.config.use_cache = True
 
 
-def test_stop_strings_and_truncation(trained, tokenizer, splits):
+@pytest.mark.parametrize("static", [False, True])
+def test_stop_strings_and_truncation(trained, tokenizer, splits, static):
     prompt = [splits.heldout_problems["prompt"][0]]
-    stopped = HFSampler().sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, stop_strings=("=",)))
-    assert stopped[0][0].text.endswith("=") and stopped[0][0].text.count("=") == 1
-    short = HFSampler().sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, max_new_tokens=3))
+    sampler = HFSampler(static=static)
+    stopped = sampler.sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, stop_strings=("=",)))
+    text = stopped[0][0].text
+    assert text.endswith("=") and text.count("=") == 1 and not stopped[0][0].truncated
+    assert stopped[0][0].n_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"])  # fewest tokens
+    short = sampler.sample(trained, tokenizer, prompt, 1, SamplingParams(temperature=0, max_new_tokens=3))
     assert short[0][0].truncated and short[0][0].n_tokens == 3
 
 
