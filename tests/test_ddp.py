@@ -53,3 +53,15 @@ def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
         assert alone["n"] == sharded["n"] == [4] * 5 and alone["c"] == sharded["c"]
         assert alone["mean_completion_tokens"] == sharded["tokens"]
         assert alone["examples"] == sharded["examples"]  # the same completions, drawn on other ranks
+
+
+def test_a_failure_on_one_rank_raises_on_every_rank_without_a_hang(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), os.path.join(os.path.dirname(__file__), "ddp_failure.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        seen = json.loads((tmp_path / f"failure{rank}.json").read_text())
+        assert seen["outcome"] == "pass@k sampling failed on rank 1: ValueError: the verifier broke on this rank"
+        assert seen["after"] == [0, 1]
