@@ -134,6 +134,8 @@ class _EvalInputs:
                 num_problems=ns.num_problems,
                 seed=ns.seed,
                 extrapolate_ks=ns.extrapolate_ks or [],
+                allocation=ns.allocation,
+                initial_n=ns.initial_n,
             )
             verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, default=64)
     ev.add_argument("--ks", type=int, nargs="+")
     ev.add_argument("--extrapolate-ks", type=int, nargs="+")
+    ev.add_argument("--allocation", default="uniform", choices=["uniform", "dynamic"])
+    ev.add_argument("--initial-n", type=int, default=16, help="first-round samples with --allocation dynamic")
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--max-new-tokens", type=int, default=256)
     ev.add_argument("--num-problems", type=int)

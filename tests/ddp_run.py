@@ -33,14 +33,25 @@ def main(out: str) -> None:
     passk = PassAtKCallback(
         {"mixed": splits.heldout_problems}, verifier=StepVerifier(), sampler=sampler, n=4, max_new_tokens=30, seed=3
     )
-    readiness = RLReadinessCallback()
+    # Dynamic allocation: rounds after the first go to unsolved problems, seeded per (round, chunk) as well.
+    dynamic = PassAtKCallback(
+        {"dyn": splits.heldout_problems},
+        verifier=StepVerifier(),
+        sampler=sampler,
+        n=4,
+        allocation="dynamic",
+        initial_n=2,
+        max_new_tokens=30,
+        seed=3,
+    )
+    readiness = RLReadinessCallback(watch=[loss, passk])
     args = toy_sft_config(out, 60, [], save_steps=30, per_device_train_batch_size=16, learning_rate=3e-3)
     trainer = SFTTrainer(
         model=build_model(tokenizer, seed=0),
         args=args,
         train_dataset=splits.train,
         processing_class=tokenizer,
-        callbacks=[loss, passk, readiness],
+        callbacks=[loss, passk, dynamic, readiness],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
@@ -55,7 +66,8 @@ def main(out: str) -> None:
             r.step: {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
             for r in passk.results["mixed"]
         },
-        "errors": loss.errors + passk.errors + readiness.errors,
+        "dynamic": {r.step: {"n": r.n, "c": r.c, "examples": r.examples} for r in dynamic.results["dyn"]},
+        "errors": loss.errors + passk.errors + dynamic.errors + readiness.errors,
         "checkpoints": readiness.checkpoints,
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w", encoding="utf-8") as f:

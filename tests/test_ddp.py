@@ -31,7 +31,7 @@ def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
     rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world"] == 2 and rank0["errors"] == 0
     # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
-    assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"]
+    assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"] and rank0["dynamic"] == rank1["dynamic"]
     assert rank0["checkpoints"] == rank1["checkpoints"] == [30, 60]
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     keys = [(r["step"], r["name"]) for r in records]
@@ -53,6 +53,23 @@ def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
         assert alone["n"] == sharded["n"] == [4] * 5 and alone["c"] == sharded["c"]
         assert alone["mean_completion_tokens"] == sharded["tokens"]
         assert alone["examples"] == sharded["examples"]  # the same completions, drawn on other ranks
+
+    # Dynamic allocation: the extra rounds are split across ranks the same way.
+    args = [
+        "eval",
+        str(out / "checkpoint-30"),
+        str(out / "checkpoint-60"),
+        "--problems",
+        f"dyn={out / 'problems.jsonl'}",
+    ]
+    args += ["--verifier", "toy-steps", "--n", "4", "--max-new-tokens", "30", "--seed", "3", "--max-batch-rows", "8"]
+    args += ["--allocation", "dynamic", "--initial-n", "2"]
+    assert sftrl(args) == 0
+    for step in (30, 60):
+        alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_dyn.json").read_text())
+        sharded = rank0["dynamic"][str(step)]
+        assert alone["n"] == sharded["n"] and alone["c"] == sharded["c"] and alone["examples"] == sharded["examples"]
+        assert alone["n"] == [4] * 5  # unsolved after 2 samples each, so each got a second round
 
 
 def test_a_failure_on_one_rank_raises_on_every_rank_without_a_hang(tmp_path):
