@@ -122,8 +122,11 @@ def probe_verifier(verifier: GuardedVerifier, row: Mapping[str, Any], where: str
     except VerifierOutputError:
         raise
     except Exception as err:
+        hint = ""
+        if "thread" in str(err) and verifier.timeout_s is not None:  # e.g. math-verify's signal-based timeouts
+            hint = " (it needs the main thread: pass verifier_timeout_s=None to call it there, without a time limit)"
         raise ValueError(
-            f"Verifier {verifier.name} failed on the first problem of {where}: {type(err).__name__}: {err}"
+            f"Verifier {verifier.name} failed on the first problem of {where}: {type(err).__name__}: {err}{hint}"
         ) from err
     if verifier.timeouts > before:
         raise ValueError(
@@ -340,8 +343,10 @@ class MathVerifyVerifier:
 class RewardFunctionVerifier:
     """Turns a TRL reward function into a verifier: correct when reward >= `threshold` (None = wrong).
 
-    The function is called as TRL calls it: `reward_func(prompts=, completions=, completion_ids=None,
-    **columns)` where every other column of the problem rows arrives as a keyword list.
+    The function is called as TRL's GRPOTrainer calls it: `reward_func(prompts=, completions=,
+    completion_ids=None, **columns)` where every other column of the problem rows arrives as a keyword
+    list, and a completion is `[{"role": "assistant", "content": text}]` when its prompt is a
+    conversation (plain text otherwise), so TRL's own reward functions (e.g. `accuracy_reward`) work.
     """
 
     def __init__(
@@ -353,9 +358,13 @@ class RewardFunctionVerifier:
 
     def check(self, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[bool]:
         columns = {k: [r[k] for r in rows] for k in (rows[0] if rows else {}) if k != self.prompt_column}
+        prompts = [r[self.prompt_column] for r in rows]
+        completions = [
+            [{"role": "assistant", "content": c}] if isinstance(p, list) else c for c, p in zip(completions, prompts)
+        ]
         rewards = self.reward_func(
-            prompts=[r[self.prompt_column] for r in rows],
-            completions=list(completions),
+            prompts=prompts,
+            completions=completions,
             completion_ids=None,
             **columns,
         )

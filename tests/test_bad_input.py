@@ -51,6 +51,15 @@ class Sleeps:
         return [False] * len(completions)
 
 
+class MathVerifyDirect:
+    """A custom verifier calling math-verify directly: its default timeouts use signals (main thread only)."""
+
+    def check(self, completions, rows):
+        from math_verify import parse, verify
+
+        return [bool(verify(parse(r["answer"]), parse(c))) for c, r in zip(completions, rows)]
+
+
 def problems(n=4, **columns):
     rows = {"prompt": [f"Q: {i}+1=? A:" for i in range(n)], "answer": [str(i + 1) for i in range(n)]}
     rows.update(columns)
@@ -172,6 +181,11 @@ CONSTRUCTION = {
     "negative-min-delta": (lambda: RLReadinessCallback(passk_min_delta=-0.1), ValueError, "passk_min_delta=-0.1"),
     "weights-both-zero": (lambda: RLReadinessCallback(loss_weight=0.0, passk_weight=0.0), ValueError, "both 0"),
     "watch-not-a-monitor": (lambda: RLReadinessCallback(watch=[object()]), TypeError, "watch= takes"),
+    "verifier-needs-main-thread": (
+        lambda: PassAtKCallback(problems(), verifier=MathVerifyDirect()),
+        ValueError,
+        "needs the main thread: pass verifier_timeout_s=None",
+    ),
     "background-custom-verifier": (
         lambda: PassAtKCallback(problems(), verifier=Returns(lambda c: [False] * len(c)), background=True),
         ValueError,
@@ -186,6 +200,12 @@ def test_construction_refuses(case):
     build, error, pattern = CONSTRUCTION[case]
     with pytest.raises(error, match=pattern):
         build()
+
+
+def test_a_main_thread_verifier_runs_with_verifier_timeout_none():
+    """What the verifier-needs-main-thread message says to do works."""
+    callback = PassAtKCallback(problems(), verifier=MathVerifyDirect(), verifier_timeout_s=None)
+    assert callback._guarded.check(["the answer is 1", "2"], [problems()[0]] * 2) == [True, False]
 
 
 # -- during a measurement: output that passed the probe but goes wrong later ------------------------

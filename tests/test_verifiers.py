@@ -86,3 +86,12 @@ def test_make_verifier():
 
     good = [problem_from_row(r).completion for r in rows]
     assert StepVerifier().check(good, rows) == [True] * 3
+
+
+def test_trl_accuracy_reward_works_on_conversational_problems():
+    """TRL's own reward function gets completions in TRL's conversational format when the prompt is a chat."""
+    from trl.rewards import accuracy_reward
+
+    verifier = RewardFunctionVerifier(accuracy_reward)
+    rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "solution": "$4$"}] * 2
+    assert verifier.check(["The answer is $4$.", "The answer is $5$."], rows) == [True, False]
