@@ -80,19 +80,13 @@ class BackgroundPassAtK:
         self._start_next()
         return [(step, out)]
 
-    def wait(self, timeout_s: float | None = None) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
-        """Collect until the queue is empty (or `timeout_s` passed; what is left keeps running)."""
-        deadline = None if timeout_s is None else time.time() + timeout_s
+    def wait(self) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
+        """Collect until the queue is empty."""
         done = []
-        while self.pending and (deadline is None or time.time() < deadline):
+        while self.pending:
             done += self.collect()
             time.sleep(0.2)
         return done
-
-    def close(self) -> None:
-        if self._running is not None:
-            self._running[2].kill()
-            self._running = None
 
     # -- internals ----------------------------------------------------------------------------------
     def _start_next(self) -> None:
