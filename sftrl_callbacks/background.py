@@ -50,15 +50,25 @@ class BackgroundPassAtK:
         self._problem_files: dict[str, str] | None = None
 
     def submit(self, step: int, checkpoint: str) -> None:
-        copy = os.path.join(self.workdir, f"checkpoint-{step}")
-        shutil.rmtree(copy, ignore_errors=True)  # left by an interrupted earlier run
-        link_copy(checkpoint, copy)
+        """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is)."""
+        copy = self.copy_path(step)
+        if os.path.abspath(checkpoint) != os.path.abspath(copy):
+            shutil.rmtree(copy, ignore_errors=True)  # left by an interrupted earlier run
+            link_copy(checkpoint, copy)
         self._queue.append((step, copy))
         self._start_next()
+
+    def copy_path(self, step: int) -> str:
+        return os.path.join(self.workdir, f"checkpoint-{step}")
 
     @property
     def pending(self) -> int:
         return len(self._queue) + (self._running is not None)
+
+    @property
+    def pending_steps(self) -> list[int]:
+        """Steps submitted and not yet collected, in order."""
+        return ([self._running[0]] if self._running else []) + [step for step, _ in self._queue]
 
     def collect(self) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
         """Finished jobs since the last call: (step, {set: result}) or (step, error text)."""

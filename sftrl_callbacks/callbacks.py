@@ -492,11 +492,45 @@ class PassAtKCallback(_ScheduledMonitor):
                 "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
                 "save_strategy='no': it would never run. Set every_n_steps or on_train_end, or save checkpoints."
             )
+        if self._unfinished:
+            self._safely("background pass@k resubmission", self._resubmit_unfinished)
 
     def _start_run(self) -> None:
         super()._start_run()
         self.results: dict[str, list[PassAtKResult]] = defaultdict(list)  # this process's results, in memory
         self.background: BackgroundPassAtK | None = None
+        self._unfinished: list[int] = []  # background steps a resumed checkpoint had not seen measured
+
+    def export_state(self) -> dict:
+        state = super().export_state()
+        if self.background is not None and self.background.pending:
+            state["background_pending"] = self.background.pending_steps
+        return state
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self._unfinished = [int(step) for step in data.get("background_pending", [])]
+
+    def _resubmit_unfinished(self) -> None:
+        """A resumed run measures again the checkpoints whose background jobs had not reported by its checkpoint."""
+        steps, self._unfinished = self._unfinished, []
+        workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
+        for step in steps:
+            left = os.path.join(workdir, f"checkpoint-{step}")  # the stopped run's own copy, if still there
+            source = left if os.path.isdir(left) else self.hub.checkpoint_dir(step)
+            if not os.path.isdir(source):
+                self.errors += 1
+                logger.error(
+                    "sftrl: the background pass@k of step %d had not finished when the run stopped, and neither "
+                    "%s nor %s exists any more: step %d stays unmeasured",
+                    step,
+                    left,
+                    self.hub.checkpoint_dir(step),
+                    step,
+                )
+                continue
+            logger.warning("sftrl: measuring step %d again: its background pass@k had not reported at resume", step)
+            self._submit(step, source)
 
     def _due(self, state: TrainerState, control: TrainerControl) -> bool:
         if not self.config.background:
@@ -537,13 +571,13 @@ class PassAtKCallback(_ScheduledMonitor):
             self._safely("background pass@k", self._collect, self.background.wait)
             self.hub.merge_into_log(state, None)
 
-    def _submit(self, step: int) -> None:
+    def _submit(self, step: int, checkpoint: str | None = None) -> None:
         if self.background is None:
             workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
             self.background = BackgroundPassAtK(
                 workdir, self.problems, self.verifier_name, self.config, self.config.background_device
             )
-        self.background.submit(step, self.hub.checkpoint_dir(step))
+        self.background.submit(step, checkpoint or self.hub.checkpoint_dir(step))
 
     def _collect(self, finished: Callable[[], list]) -> None:
         """Publish the jobs `finished()` returns, each at its checkpoint's step."""

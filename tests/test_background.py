@@ -66,3 +66,36 @@ def test_a_failing_background_job_is_reported_and_training_goes_on(tmp_path, tok
     assert trainer.state.global_step == 20 and (tmp_path / "out" / "checkpoint-20").is_dir()
     assert passk.errors == 2 and not passk.results["heldout"]
     assert "background pass@k of step 10 exited with" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_resumed_run_measures_again_what_its_checkpoint_had_pending(tmp_path, tokenizer, splits):
+    def passk():
+        return PassAtKCallback(
+            {"mixed": splits.heldout_problems},
+            verifier="toy-steps",
+            n=4,
+            num_problems=4,
+            max_new_tokens=20,
+            seed=3,
+            background=True,
+        )
+
+    first = passk()
+    make_trainer(tmp_path, tokenizer, splits.train, [first], max_steps=20, save_steps=10).train()
+    out = tmp_path / "out"
+    saved = json.loads((out / "checkpoint-20" / "sftrl" / "monitor_state.json").read_text())
+    (member,) = saved["members"].values()
+    assert member["background_pending"][-1] == 20  # the job of the save itself had not reported yet
+
+    # Resuming from checkpoint-20 is what a run killed after that save does: the jobs it had pending run again.
+    second = passk()
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [second], max_steps=30, save_steps=10)
+    trainer.train(resume_from_checkpoint=str(out / "checkpoint-20"))
+    assert second.errors == 0 and second.background.pending == 0
+    records = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    assert sorted(r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@4") == [10, 20, 30]
+    before = {r.step: r.c for r in first.results["mixed"]}
+    after = {r.step: r.c for r in second.results["mixed"]}
+    assert after[20] == before[20]  # the same checkpoint measured with the same seeds
+    assert not (out / "sftrl" / "background" / "checkpoint-20").exists()
