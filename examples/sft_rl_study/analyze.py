@@ -1,67 +1,399 @@
-"""Figures and the markdown table for REPORT.md from the study's results (no torch).
+"""The study's answer from its results files (numpy / scipy / matplotlib; no torch).
 
-python examples/sft_rl_study/analyze.py [results_dir]
+    python examples/sft_rl_study/analyze.py [results_dir]
+
+Writes into the results folder:
+  results.jsonl  one row per candidate checkpoint: the SFT-time signals and the post-RL target
+                 (mean over RL seeds), the table `sftrl fit` reads;
+  tables.md      the pilot figures, the fits, the matched pairs and the per-run decision, with intervals;
+  study.png      per SFT run: the signals along the run, post-RL pass@1 of every checkpoint, the pick.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
+from collections import Counter, defaultdict
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from sftrl_callbacks.predict import fit_table
 
-from sftrl_callbacks.predict import read_table  # noqa: E402
+RESAMPLES = 2000
+MATCH = 0.03  # candidates whose post-SFT pass@1 differ by at most this are "matched"
+
+
+def read_lines(path: str) -> list[dict]:
+    """Rows of a results file; a line torn by a killed run is skipped (the study redoes that job)."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def load(out: str) -> tuple[list[dict], list[dict], dict[str, list[float]]]:
+    """(SFT runs, candidate rows, post-RL pass@1 per RL seed by candidate id), for the settings most rows share."""
+    runs = read_lines(os.path.join(out, "sft.jsonl"))
+    settings = Counter(r["settings"] for r in runs).most_common(1)[0][0]
+    runs = [r for r in runs if r["settings"] == settings]
+    rl_path = os.path.join(out, "rl.jsonl")
+    rl = [r for r in read_lines(rl_path) if r["settings"] == settings] if os.path.exists(rl_path) else []
+    by_id: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in rl:
+        by_id[r["id"]][r["rl_seed"]] = r
+    k = json.loads(settings)["passk_n"]
+    candidates = []
+    for run in runs:
+        for c in run["checkpoints"]:
+            seeds = by_id.get(c["id"], {})
+            post = [seeds[s]["post_rl_pass@1"] for s in sorted(seeds)]
+            candidates.append(
+                {
+                    "name": c["id"],
+                    "run": f"{run['regime']}-s{run['sft_seed']}",
+                    "regime": run["regime"],
+                    "sft_seed": run["sft_seed"],
+                    "step": c["step"],
+                    "epochs": c["epochs"],
+                    "pass@1": c["pass@1"],
+                    "pass@8": c["pass@8"],
+                    f"pass@{k}": c[f"pass@{k}"],
+                    "heldout_loss": c["heldout_loss"],
+                    "readiness_score": c["readiness_score"],
+                    "rl_start": c["rl_start"],
+                    "last": c["last"],
+                    "post_rl_pass@1": float(np.mean(post)) if post else None,
+                    "rl_gain": float(np.mean(post)) - c["pass@1"] if post else None,
+                    "post_rl_by_seed": post,
+                    "post_rl_se": [seeds[s]["post_rl_se"] for s in sorted(seeds)],
+                    "rl_rewards": [seeds[s]["rewards"] for s in sorted(seeds)],
+                }
+            )
+    return runs, candidates, {c["name"]: c["post_rl_by_seed"] for c in candidates}
+
+
+def ci95(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+def fmt_ci(value: float, interval: tuple[float, float], digits: int = 3) -> str:
+    return f"{value:+.{digits}f} [{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+
+
+# -- the pilot: is the RL effect above its noise, and how much does the SFT seed move things? --------
+def noise_table(candidates: list[dict]) -> list[str]:
+    done = [c for c in candidates if len(c["post_rl_by_seed"]) >= 2]
+    lines = ["| quantity | median | mean | candidates |", "|---|---|---|---|"]
+    if done:
+        gain = [c["rl_gain"] for c in done]
+        spread = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done]
+        se = [float(np.mean(c["post_rl_se"])) for c in done]
+        lines += [
+            f"| RL gain (post-RL minus post-SFT pass@1, mean over RL seeds) | {np.median(gain):+.3f} | "
+            f"{np.mean(gain):+.3f} | {len(done)} |",
+            f"| RL seed spread (max - min post-RL pass@1 over RL seeds) | {np.median(spread):.3f} | "
+            f"{np.mean(spread):.3f} | {len(done)} |",
+            f"| standard error of one post-RL pass@1 (sampling only) | {np.median(se):.4f} | {np.mean(se):.4f} | "
+            f"{len(done)} |",
+        ]
+    pairs = defaultdict(dict)
+    for c in candidates:
+        pairs[(c["regime"], c["step"])][c["sft_seed"]] = c
+    k = max(int(key[5:]) for key in candidates[0] if key.startswith("pass@"))
+    # Same regime and step, two SFT seeds; pairs where neither checkpoint solved anything say nothing.
+    twins = [
+        tuple(p.values())[:2] for p in pairs.values() if len(p) >= 2 and any(c[f"pass@{k}"] > 0 for c in p.values())
+    ]
+    sft_spread = [abs(a["pass@1"] - b["pass@1"]) for a, b in twins]
+    rl_sft_spread = [
+        abs(a["post_rl_pass@1"] - b["post_rl_pass@1"])
+        for a, b in twins
+        if a["post_rl_pass@1"] is not None and b["post_rl_pass@1"] is not None
+    ]
+    if sft_spread:
+        lines.append(
+            f"| SFT seed spread of post-SFT pass@1 (same regime and step) | {np.median(sft_spread):.3f} | "
+            f"{np.mean(sft_spread):.3f} | {len(sft_spread)} pairs |"
+        )
+    if rl_sft_spread:
+        lines.append(
+            f"| SFT seed spread of post-RL pass@1 (same regime and step) | {np.median(rl_sft_spread):.3f} | "
+            f"{np.mean(rl_sft_spread):.3f} | {len(rl_sft_spread)} pairs |"
+        )
+    return lines
+
+
+# -- the fits over all candidates and among matched ones -------------------------------------------
+def fits_table(candidates: list[dict], signals: list[str], target: str = "post_rl_pass@1") -> list[str]:
+    rows = [c for c in candidates if c[target] is not None]
+    report = fit_table(rows, target, signals=signals, resamples=RESAMPLES, loss_column="heldout_loss")
+    lines = [
+        f"{report.calibrated} candidates; 95 % percentile bootstrap over candidates ({RESAMPLES} resamples).",
+        "",
+        "| signal | R² [95 % CI] | Spearman [95 % CI] | LOO MAE | selection regret [95 % CI] | picks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in report.fits:
+        lines.append(
+            f"| {f.signal} | {f.r2:.3f} [{f.r2_ci[0]:.2f}, {f.r2_ci[1]:.2f}] | {f.spearman:.3f} "
+            f"[{f.spearman_ci[0]:.2f}, {f.spearman_ci[1]:.2f}] | {f.loo_mae:.3f} | {f.regret:.3f} "
+            f"[{f.regret_ci[0]:.3f}, {f.regret_ci[1]:.3f}] | {f.picked} |"
+        )
+    lines += [f"note: {n}" for n in report.notes]
+    return lines
+
+
+def signal_prefers(signal: str, a: dict, b: dict) -> int:
+    """+1 when the signal ranks a above b, -1 for b, 0 on a tie (lower loss is better; later step is 'last')."""
+    x, y = a[signal], b[signal]
+    if x is None or y is None or x == y:
+        return 0
+    better = x < y if signal == "heldout_loss" else x > y
+    return 1 if better else -1
+
+
+def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Generator) -> list[str]:
+    """Pairs of candidates with post-SFT pass@1 within MATCH: does each signal pick the better one after RL?"""
+    done = [c for c in candidates if c["post_rl_pass@1"] is not None]
+    pairs = [(a, b) for a, b in itertools.combinations(done, 2) if abs(a["pass@1"] - b["pass@1"]) <= MATCH]
+    spreads = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done if len(c["post_rl_by_seed"]) > 1]
+    noise = float(np.median(spreads)) if spreads else 0.0
+    clear = [(a, b) for a, b in pairs if abs(a["post_rl_pass@1"] - b["post_rl_pass@1"]) > noise]
+    lines = [
+        f"{len(pairs)} pairs of candidates whose post-SFT pass@1 differ by <= {MATCH} (among {len(done)}); "
+        f"{sum(a['run'] == b['run'] for a, b in pairs)} of them within one SFT run; in {len(clear)} the post-RL "
+        f"pass@1 differ by more than the median RL seed spread ({noise:.3f}): 'clear pairs'.",
+        "Agreement: share of pairs where the signal's pick has the higher post-RL pass@1 (ties in the signal "
+        "left out, equal post-RL counts 1/2; 0.5 = chance). Regret: mean post-RL pass@1 lost against the better "
+        "of the pair. 95 % "
+        f"percentile bootstrap over pairs ({RESAMPLES} resamples; pairs share candidates, so the intervals are "
+        "optimistic).",
+        "",
+        "| signal | pairs decided | agreement [95 % CI] | regret [95 % CI] | clear pairs: agreement [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    if not pairs:
+        return lines
+
+    def score(signal: str, subset: list) -> tuple[int, str, str]:
+        wins, regrets = [], []
+        for a, b in subset:
+            pick = signal_prefers(signal, a, b)
+            if pick == 0:
+                continue
+            chosen = a if pick > 0 else b
+            other = b if pick > 0 else a
+            x, y = chosen["post_rl_pass@1"], other["post_rl_pass@1"]
+            wins.append(0.5 if x == y else float(x > y))
+            regrets.append(max(a["post_rl_pass@1"], b["post_rl_pass@1"]) - chosen["post_rl_pass@1"])
+        if not wins:
+            return 0, "-", "-"
+        wins, regrets = np.array(wins), np.array(regrets)
+        boot = rng.integers(0, len(wins), (RESAMPLES, len(wins)))
+        w_ci, r_ci = ci95(wins[boot].mean(1)), ci95(regrets[boot].mean(1))
+        return (
+            len(wins),
+            f"{wins.mean():.2f} [{w_ci[0]:.2f}, {w_ci[1]:.2f}]",
+            f"{regrets.mean():.3f} [{r_ci[0]:.3f}, {r_ci[1]:.3f}]",
+        )
+
+    for signal in signals:
+        decided, agreement, regret = score(signal, pairs)
+        clear_decided, clear_agreement, _ = score(signal, clear)
+        lines.append(f"| {signal} | {decided} | {agreement} | {regret} | {clear_agreement} ({clear_decided}) |")
+    return lines
+
+
+# -- per SFT run: the library's pick against the last and the best-by-pass@1 checkpoint -----------------
+LIBRARY = "rl_start.json (library)"
+
+
+def rules(k: int) -> dict:
+    """Ways to pick one checkpoint of an SFT run; ties go to the later step."""
+    return {
+        LIBRARY: lambda cps: next(c for c in cps if c["rl_start"]),
+        "last checkpoint": lambda cps: max(cps, key=lambda c: c["step"]),
+        "best post-SFT pass@1": lambda cps: max(cps, key=lambda c: (c["pass@1"], c["step"])),
+        "lowest held-out loss": lambda cps: min(cps, key=lambda c: (c["heldout_loss"], -c["step"])),
+        f"best pass@{k}": lambda cps: max(cps, key=lambda c: (c[f"pass@{k}"], c["step"])),
+    }
+
+
+def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> list[str]:
+    runs = defaultdict(list)
+    for c in candidates:
+        runs[c["run"]].append(c)
+    picks = {name: {rule: pick(cps) for rule, pick in rules(k).items()} for name, cps in runs.items()}
+    undecided = sorted(name for name in runs if not all(p["post_rl_by_seed"] for p in picks[name].values()))
+    # Checkpoints not sent to RL (none of their samples was right) are left out of the oracle too.
+    runs = {
+        name: [c for c in cps if c["post_rl_by_seed"]] for name, cps in sorted(runs.items()) if name not in undecided
+    }
+    lines = [
+        "Post-RL pass@1 (mean over RL seeds) of the checkpoint each rule picks, per SFT run; 'oracle' is the best "
+        "checkpoint of the run after RL.",
+        "",
+        "| SFT run | " + " | ".join(rules(k)) + " | oracle |",
+        "|---|" + "---|" * (len(rules(k)) + 1),
+    ]
+    if undecided:
+        lines.insert(1, f"Left out (a rule picks a checkpoint without RL results): {', '.join(undecided)}.")
+    if not runs:
+        return lines
+    for name, cps in runs.items():
+        best = max(cps, key=lambda c: c["post_rl_pass@1"])
+        cells = [f"{p['post_rl_pass@1']:.4f} (@{p['step']})" for p in picks[name].values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best['post_rl_pass@1']:.4f} (@{best['step']}) |")
+
+    # Hierarchical bootstrap: resample SFT runs, and within each run the RL seeds of every checkpoint.
+    names = list(runs)
+
+    def diff(rule: str, run_idx, seed_draw) -> float:
+        out = []
+        for i in run_idx:
+            a, b = picks[names[i]][LIBRARY], picks[names[i]][rule]
+            out.append(seed_draw(a) - seed_draw(b))
+        return float(np.mean(out))
+
+    def regret(rule: str, run_idx, seed_draw) -> float:
+        out = []
+        for i in run_idx:
+            means = {c["name"]: seed_draw(c) for c in runs[names[i]]}
+            out.append(max(means.values()) - means[picks[names[i]][rule]["name"]])
+        return float(np.mean(out))
+
+    def mean_of_seeds(c):
+        return float(np.mean(c["post_rl_by_seed"]))
+
+    lines += [
+        "",
+        f"Over {len(names)} SFT runs: mean difference (library pick minus rule) and mean regret against the run's "
+        f"oracle, post-RL pass@1. 95 % CI: hierarchical percentile bootstrap ({RESAMPLES} resamples: SFT runs "
+        "resampled, and within each run the RL seeds of every checkpoint; the oracle is re-chosen in each resample).",
+        "",
+        "| rule | library minus rule [95 % CI] | runs library better / tied / worse | regret vs oracle [95 % CI] |",
+        "|---|---|---|---|",
+    ]
+    for rule in rules(k):
+        boots_d, boots_r = [], []
+        for _ in range(RESAMPLES):
+            run_idx = rng.integers(0, len(names), len(names))
+            cache: dict[str, float] = {}
+
+            def draw(c, cache=cache):
+                if c["name"] not in cache:
+                    seeds = c["post_rl_by_seed"]
+                    cache[c["name"]] = float(np.mean(rng.choice(seeds, len(seeds))))
+                return cache[c["name"]]
+
+            boots_d.append(diff(rule, run_idx, draw))
+            boots_r.append(regret(rule, run_idx, draw))
+        all_idx = range(len(names))
+        d = diff(rule, all_idx, mean_of_seeds)
+        per_run = [picks[n][LIBRARY]["post_rl_pass@1"] - picks[n][rule]["post_rl_pass@1"] for n in names]
+        tally = f"{sum(x > 0 for x in per_run)} / {sum(x == 0 for x in per_run)} / {sum(x < 0 for x in per_run)}"
+        dcell = "0 (same pick)" if rule == LIBRARY else fmt_ci(d, ci95(boots_d), 4)
+        lines.append(
+            f"| {rule} | {dcell} | {tally if rule != LIBRARY else '-'} | "
+            f"{fmt_ci(regret(rule, all_idx, mean_of_seeds), ci95(boots_r), 4)} |"
+        )
+    return lines
+
+
+# -- plots --------------------------------------------------------------------------------------------
+def plot(runs: list[dict], candidates: list[dict], k: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = list(dict.fromkeys(c["regime"] for c in candidates))  # regimes as run, the seeds side by side
+    names = sorted({c["run"] for c in candidates}, key=lambda n: (order.index(n.rsplit("-s", 1)[0]), n))
+    fig, axes = plt.subplots(3, len(names), figsize=(3.6 * len(names), 9.4), squeeze=False)
+    history = {f"{r['regime']}-s{r['sft_seed']}": r for r in runs}
+    for col, name in enumerate(names):
+        cps = sorted((c for c in candidates if c["run"] == name), key=lambda c: c["step"])
+        steps = [c["step"] for c in cps]
+        top, bottom = axes[0][col], axes[1][col]
+        top.plot(steps, [c["pass@1"] for c in cps], "o-", label="post-SFT pass@1")
+        top.plot(steps, [c[f"pass@{k}"] for c in cps], "s-", label=f"post-SFT pass@{k}")
+        done = [c for c in cps if c["post_rl_by_seed"]]
+        if done:
+            means = [c["post_rl_pass@1"] for c in done]
+            lo = [m - min(c["post_rl_by_seed"]) for m, c in zip(means, done)]
+            hi = [max(c["post_rl_by_seed"]) - m for m, c in zip(means, done)]
+            top.errorbar([c["step"] for c in done], means, yerr=[lo, hi], fmt="^-", label="post-RL pass@1 (seed range)")
+        pick = next((c for c in cps if c["rl_start"]), None)
+        if pick:
+            top.axvline(pick["step"], color="green", ls="--", lw=1)
+        top.set(title=name, ylim=(0, 1))
+        if col == 0:
+            top.legend(fontsize=7)
+        loss = history[name]["heldout_loss_history"]
+        bottom.plot([s for s, _ in loss], [v for _, v in loss], color="tab:red", label="held-out loss")
+        train = history[name]["train_loss_history"]
+        bottom.plot([s for s, _ in train], [v for _, v in train], color="grey", lw=1, label="train loss")
+        if pick:
+            bottom.axvline(pick["step"], color="green", ls="--", lw=1, label="rl_start.json")
+        bottom.set(xlabel="SFT step", yscale="log")
+        if col == 0:
+            bottom.legend(fontsize=7)
+        rl = axes[2][col]
+        for c, color in zip(done, ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
+            for seed, curve in enumerate(c["rl_rewards"]):
+                if curve:
+                    label = f"GRPO from @{c['step']} (RL seeds: solid, dotted)" if seed == 0 else None
+                    rl.plot(*zip(*curve), color=color, ls="-" if seed == 0 else ":", label=label)
+        rl.set(xlabel="GRPO step", ylabel="mean reward", ylim=(0, 1))
+        if done:
+            rl.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
 
 
 def main() -> None:
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
-    rows = read_table(os.path.join(out, "results.jsonl"))
-    checks = (
-        read_table(os.path.join(out, "rl_check.jsonl")) if os.path.exists(os.path.join(out, "rl_check.jsonl")) else []
-    )
-    k = max(int(c.split("@")[1]) for c in rows[0] if c.startswith("pass@") and c[5:].isdigit())
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
-    for c in checks:
-        steps, rewards = zip(*c["rewards"])
-        axes[0].plot(steps, rewards, label=f"rl-check seed {c['rl_seed']}")
-    for r in rows:
-        if r["rl_rewards"]:
-            steps, rewards = zip(*r["rl_rewards"])
-            axes[0].plot(steps, rewards, color="grey", alpha=0.3, lw=1)
-    axes[0].set(title="GRPO reward (strict step verifier) vs step", xlabel="GRPO step", ylabel="mean reward")
-    axes[0].legend(fontsize=8)
-    for ax, signal in zip(axes[1:], ["pass@1", f"pass@{k}", "heldout_loss"]):
-        for r in rows:
-            color = "tab:orange" if r["mix_1_2_3_step"].endswith("/0") else "tab:blue"
-            ax.scatter(r[signal], r["post_rl_pass@1"], color=color, s=22)
-            ax.annotate(r["name"], (r[signal], r["post_rl_pass@1"]), fontsize=6)
-        ax.set(xlabel=f"post-SFT {signal}", ylabel="post-RL pass@1", title=f"{signal} vs post-RL (orange: short-only)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "study.png"), dpi=90)
-
-    head = (
-        f"| variant | rows | epochs | lr | 1/2/3-step mix | SFT pass@1 | SFT pass@{k} | held-out loss (min) "
-        "| post-RL pass@1 | RL gain |"
-    )
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for r in rows:
-        print(
-            f"| {r['name']} | {r['unique_rows']} | {r['epochs']} | {r['learning_rate']:g} | {r['mix_1_2_3_step']} | "
-            f"{r['pass@1']:.3f} | {r[f'pass@{k}']:.3f} | {r['heldout_loss']:.3f} ({r['heldout_loss_min']:.3f}) | "
-            f"{r['post_rl_pass@1']:.3f} | {r['rl_gain']:+.3f} |"
+    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    runs, candidates, _ = load(out)
+    k = json.loads(runs[0]["settings"])["passk_n"]
+    rng = np.random.default_rng(0)
+    with open(os.path.join(out, "results.jsonl"), "w", encoding="utf-8") as f:
+        for c in candidates:
+            f.write(json.dumps(c) + "\n")
+    signals = ["pass@1", f"pass@{k}", "heldout_loss", "readiness_score", "step"]
+    lines = ["## Noise and effect sizes", "", *noise_table(candidates)]
+    lines += [
+        "",
+        "## Candidates",
+        "",
+        "| candidate | epochs | pass@1 | pass@" + str(k) + " | held-out loss | "
+        "readiness | post-RL pass@1 by RL seed | RL gain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in candidates:
+        seeds = ", ".join(f"{v:.3f}" for v in c["post_rl_by_seed"]) or "-"
+        gain = f"{c['rl_gain']:+.3f}" if c["rl_gain"] is not None else "-"
+        mark = " *" if c["rl_start"] else ""
+        lines.append(
+            f"| {c['name']}{mark} | {c['epochs']} | {c['pass@1']:.3f} | {c[f'pass@{k}']:.3f} | "
+            f"{c['heldout_loss']:.4f} | {c['readiness_score']:.3f} | {seeds} | {gain} |"
         )
-    for c in checks:
-        print(
-            f"rl-check seed {c['rl_seed']}: {json.dumps(c['post_sft'])} -> {json.dumps(c['post_rl'])} "
-            f"({c['post_sft_pass@1']:.3f} -> {c['post_rl_pass@1']:.3f}, {c['seconds']} s)"
-        )
-    print(f"total SFT {sum(r['sft_seconds'] for r in rows):.0f} s, RL {sum(r['rl_seconds'] for r in rows):.0f} s")
+    if sum(c["post_rl_pass@1"] is not None for c in candidates) >= 3:
+        lines += ["", "## Fits: target post-RL pass@1 (all candidates)", "", *fits_table(candidates, signals)]
+        lines += ["", "## Fits: target RL gain", "", *fits_table(candidates, signals, target="rl_gain")]
+        lines += ["", "## Matched on post-SFT pass@1", "", *matched_table(candidates, signals, rng)]
+        lines += ["", "## Per SFT run: which checkpoint to take into RL", "", *decision_table(candidates, k, rng)]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "tables.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    plot(runs, candidates, k, os.path.join(out, "study.png"))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The full study: the two-seed GRPO check, then the grid, then the fits. ~45-60 min on 2 CPU cores.
+# The whole study: the pilot, the grid (resumes from its results files), the analysis and the fits.
+# See REPORT.md for the time it takes; rerun after an interruption and it carries on.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${1:-results}
-mkdir -p "$out"
 export WANDB_MODE=disabled
-[ -s "$out/rl_check.jsonl" ] || python run_study.py --rl-check --out "$out"
+python run_study.py --pilot --rl-seeds 0 1 2 --out "$out"
 python run_study.py --out "$out"
-sftrl fit "$out/results.jsonl" --target post_rl_pass@1 --json "$out/fit_post_rl.json" --plot "$out/fit_post_rl.png" \
-  --signals pass@1 pass@64 heldout_loss heldout_loss_min
-sftrl fit "$out/results.jsonl" --target rl_gain --json "$out/fit_rl_gain.json" --plot "$out/fit_rl_gain.png" \
-  --signals pass@1 pass@64 heldout_loss heldout_loss_min
+python analyze.py "$out"
+signals="pass@1 pass@64 heldout_loss readiness_score step"
+sftrl fit "$out/results.jsonl" --target post_rl_pass@1 --signals $signals \
+  --json "$out/fit_post_rl.json" --plot "$out/fit_post_rl.png"
+sftrl fit "$out/results.jsonl" --target rl_gain --signals $signals \
+  --json "$out/fit_rl_gain.json" --plot "$out/fit_rl_gain.png"
