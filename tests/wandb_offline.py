@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 from wandb.proto import wandb_internal_pb2
 
@@ -49,10 +50,23 @@ def iter_records(path: str):
         pending = b""
 
 
-def run_file(wandb_dir: str) -> str:
+def run_file(wandb_dir: str, timeout_s: float = 60.0) -> str:
+    """The newest offline run file under `wandb_dir`, once it holds the run's closing `exit` record.
+
+    `wandb.finish()` can return before W&B's service process has written the file out: a CI run once
+    read such a file with no history at all. Waiting for the last record makes the read-back complete.
+    """
     files = sorted(glob.glob(os.path.join(wandb_dir, "**", "offline-run-*", "run-*.wandb"), recursive=True))
     assert files, f"no offline W&B run under {wandb_dir}"
-    return files[-1]
+    path, deadline = files[-1], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if "exit" in record_types(path):
+                break
+        except Exception:  # a record still being written
+            pass
+        time.sleep(0.2)
+    return path
 
 
 def history(path: str) -> list[dict]:
