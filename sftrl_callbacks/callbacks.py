@@ -514,9 +514,8 @@ class PassAtKCallback(_ScheduledMonitor):
     def _resubmit_unfinished(self) -> None:
         """A resumed run measures again the checkpoints whose background jobs had not reported by its checkpoint."""
         steps, self._unfinished = self._unfinished, []
-        workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
         for step in steps:
-            left = os.path.join(workdir, f"checkpoint-{step}")  # the stopped run's own copy, if still there
+            left = self._background_queue().copy_path(step)  # the stopped run's own copy, if still there
             source = left if os.path.isdir(left) else self.hub.checkpoint_dir(step)
             if not os.path.isdir(source):
                 self.errors += 1
@@ -571,13 +570,16 @@ class PassAtKCallback(_ScheduledMonitor):
             self._safely("background pass@k", self._collect, self.background.wait)
             self.hub.merge_into_log(state, None)
 
-    def _submit(self, step: int, checkpoint: str | None = None) -> None:
+    def _background_queue(self) -> BackgroundPassAtK:
         if self.background is None:
             workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
             self.background = BackgroundPassAtK(
                 workdir, self.problems, self.verifier_name, self.config, self.config.background_device
             )
-        self.background.submit(step, checkpoint or self.hub.checkpoint_dir(step))
+        return self.background
+
+    def _submit(self, step: int, checkpoint: str | None = None) -> None:
+        self._background_queue().submit(step, checkpoint or self.hub.checkpoint_dir(step))
 
     def _collect(self, finished: Callable[[], list]) -> None:
         """Publish the jobs `finished()` returns, each at its checkpoint's step."""
