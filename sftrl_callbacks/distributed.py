@@ -1,14 +1,22 @@
-"""Measurements split across the ranks of a distributed run (DDP with gloo or NCCL).
+"""Measurements split across the ranks of a distributed run (DDP, FSDP / FSDP2, DeepSpeed ZeRO-3).
 
 Every rank takes part in every measurement: each does its share, the shares are gathered, and every rank
 ends with the same result (so the readiness flags and the stop decision agree on all ranks); only the main
 process writes. A failure on one rank raises on every rank after the gather, so no rank is left waiting
 in a collective.
+
+Sharded parameters (FSDP, FSDP2's `fully_shard`, ZeRO-3) are all-gathered inside every forward, so a
+forward is a collective: while ranks measure unequal shares, the ones that finish first keep joining the
+others' forwards with a one-token forward of their own until every rank is done (`Shard.run(model=...)`).
+Measuring gathers nothing outside the forwards and writes nothing into the parameters, and it runs under
+`no_grad` rather than `inference_mode` there, because inference tensors left in FSDP's buffers break the
+next backward (seen with FSDP2 on CPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,19 +48,78 @@ class Shard:
         """True on every rank when it is True on every rank (a decision the ranks must share)."""
         return all(self.gather(bool(flag)))
 
-    def run(self, what: str, fn: Callable[..., T], *args: Any) -> list[T]:
-        """`fn(*args)` here, then every rank's result in rank order; a failure anywhere raises everywhere."""
-        try:
-            payload = (fn(*args), None)
-        except Exception as err:
-            if self.world == 1:
-                raise
-            payload = (None, f"rank {self.rank}: {type(err).__name__}: {err}")
+    def run(self, what: str, fn: Callable[..., T], *args: Any, model: torch.nn.Module | None = None) -> list[T]:
+        """`fn(*args)` here, then every rank's result in rank order; a failure anywhere raises everywhere.
+
+        `model`: the model `fn` runs forwards of; when its parameters are sharded, the ranks run those
+        forwards in step (see the module doc)."""
+        with self._forwards_in_step(model):
+            try:
+                payload = (fn(*args), None)
+            except Exception as err:
+                if self.world == 1:
+                    raise
+                payload = (None, f"rank {self.rank}: {type(err).__name__}: {err}")
         gathered = self.gather(payload)
         errors = [error for _, error in gathered if error]
         if errors:
             raise RuntimeError(f"{what} failed on " + "; ".join(errors))
         return [result for result, _ in gathered]
+
+    @contextlib.contextmanager
+    def _forwards_in_step(self, model: torch.nn.Module | None) -> Iterator[None]:
+        if self.world == 1 or model is None or not parameters_are_sharded(model):
+            yield
+            return
+        # Before each of its forwards a rank says it is still working; a rank that is done answers with a
+        # forward of its own for as long as any rank says so. One small all-reduce per forward.
+        device = torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
+        working = True
+
+        def any_rank_working(flag: bool) -> bool:
+            vote = torch.tensor([int(flag)], device=device)
+            torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+            return bool(vote.item())
+
+        def before_forward(module: torch.nn.Module, args: Any) -> None:
+            if working:
+                any_rank_working(True)
+
+        # First among the pre-forward hooks: before FSDP's own, which all-gathers the root's parameters.
+        handle = model.register_forward_pre_hook(before_forward, prepend=True)
+        try:
+            yield
+        finally:
+            working = False
+            was_training = model.training
+            model.eval()
+            idle = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+            try:
+                while any_rank_working(False):
+                    with torch.no_grad():
+                        model(input_ids=idle)
+            finally:
+                model.train(was_training)
+                handle.remove()
+
+
+def _nccl() -> bool:
+    return "nccl" in str(torch.distributed.get_backend()).lower()
+
+
+def parameters_are_sharded(model: torch.nn.Module) -> bool:
+    """True when forwards all-gather the parameters: FSDP, FSDP2 (`fully_shard`) or DeepSpeed ZeRO-3."""
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        if any(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules()):
+            return True
+    return any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 marks its partitioned parameters
+
+
+def no_grad_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """`inference_mode` (fastest), or `no_grad` where parameters are sharded (see the module doc)."""
+    return torch.no_grad() if parameters_are_sharded(model) else torch.inference_mode()
 
 
 def current_shard() -> Shard:

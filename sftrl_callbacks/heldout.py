@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .distributed import Shard
+from .distributed import Shard, no_grad_for
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -171,12 +171,12 @@ def heldout_loss(
     if not examples:
         raise ValueError("heldout_loss needs at least one example.")
     shard = shard or Shard()
-    parts = shard.run("held-out loss", _nll_sum, model, shard.mine(examples), batch_size, pad_token_id)
+    mine = shard.mine(examples)
+    parts = shard.run("held-out loss", _nll_sum, model, mine, batch_size, pad_token_id, model=model)
     total_nll, total_tokens = sum(p[0] for p in parts), sum(p[1] for p in parts)
     return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples))
 
 
-@torch.inference_mode()
 def _nll_sum(model: PreTrainedModel, examples: Sequence[Example], batch_size: int, pad_token_id: int) -> tuple:
     """(sum of per-token NLL, scored tokens) over `examples`; (0.0, 0) for none."""
     was_training = model.training
@@ -186,27 +186,28 @@ def _nll_sum(model: PreTrainedModel, examples: Sequence[Example], batch_size: in
     # Length-sorted batches waste less compute on padding; the sum makes order irrelevant.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     try:
-        for start in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[start : start + batch_size]]
-            width = max(len(e.input_ids) for e in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, e in enumerate(batch):
-                n = len(e.input_ids)
-                ids[row, :n] = torch.tensor(e.input_ids)
-                labels[row, :n] = torch.tensor(e.labels)
-                mask[row, :n] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            targets = labels[:, 1:].to(device)
-            nll = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            total_nll += nll.item()
-            total_tokens += int((targets != IGNORE_INDEX).sum())
+        with no_grad_for(model):
+            for start in range(0, len(order), batch_size):
+                batch = [examples[i] for i in order[start : start + batch_size]]
+                width = max(len(e.input_ids) for e in batch)
+                ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+                labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, e in enumerate(batch):
+                    n = len(e.input_ids)
+                    ids[row, :n] = torch.tensor(e.input_ids)
+                    labels[row, :n] = torch.tensor(e.labels)
+                    mask[row, :n] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                targets = labels[:, 1:].to(device)
+                nll = F.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                    targets.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+                total_nll += nll.item()
+                total_tokens += int((targets != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
     return total_nll, total_tokens

@@ -21,6 +21,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from .checks import check_types, require
+from .distributed import no_grad_for
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Sampler(Protocol):
 
 @contextlib.contextmanager
 def inference_state(model: PreTrainedModel) -> Iterator[None]:
-    """Eval mode with the KV cache on; restores train mode and `use_cache` afterwards.
+    """Eval mode with the KV cache on and no autograd; restores train mode and `use_cache` afterwards.
 
     Gradient checkpointing only acts in train mode, so eval mode is enough to sample with it on.
     """
@@ -77,7 +78,7 @@ def inference_state(model: PreTrainedModel) -> Iterator[None]:
     if config is not None:
         config.use_cache = True
     try:
-        with torch.inference_mode():
+        with no_grad_for(model):
             yield
     finally:
         model.train(was_training)
@@ -426,6 +427,8 @@ def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], dev
 
 def _cache_argument(model: PreTrainedModel) -> str:
     """transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`."""
+    while hasattr(model, "module"):  # FSDP's and DDP's wrappers hide the signature behind *args, **kwargs
+        model = model.module
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 

@@ -1,0 +1,138 @@
+"""Training with measurements in between, FSDP2-sharded on 2 ranks or in one process (run by tests/test_fsdp.py).
+
+    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2  # fully_shard on every layer and the root
+    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp1  # FullyShardedDataParallel, layers wrapped
+    python tests/fsdp_run.py OUTPUT_DIR                             # the same run, one process, no sharding
+
+The toy model trains 40 AdamW steps on the same batches on every rank (so the sharded and the single run
+train the same weights) and is measured at steps 20 and 40 with the callbacks' code paths: held-out loss
+(7 examples in batches of 3: 2 batches on rank 0, 1 on rank 1) and pass@k, uniform and dynamic (5 problems
+in chunks of 2, 2, 1: 2 calls on rank 0, 1 on rank 1). Unequal shares on purpose: every forward of a
+sharded model is a collective. Last, the last rank fails while the others run forwards. Each rank writes
+what it measured, the failure it saw and the final weights to OUTPUT_DIR.
+"""
+
+import contextlib
+import json
+import os
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+STEPS = 40
+
+from sftrl_callbacks.distributed import current_shard, parameters_are_sharded  # noqa: E402
+from sftrl_callbacks.heldout import heldout_loss, prepare_examples  # noqa: E402
+from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k  # noqa: E402
+from sftrl_callbacks.sampling import HFSampler, pad_token_id  # noqa: E402
+from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits  # noqa: E402
+
+
+class LooseVerifier:
+    """Accepts a completion with a `###` in it: 40 steps of training solve nothing, and counts of 0 would
+    not show that the counts are gathered right."""
+
+    def check(self, completions, rows) -> list[bool]:
+        return ["###" in c for c in completions]
+
+
+def shard_model(model: torch.nn.Module, how: str) -> torch.nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    if how == "fsdp1":
+        policy = ModuleWrapPolicy({type(model.model.layers[0])})
+        return FullyShardedDataParallel(model, auto_wrap_policy=policy, device_id=torch.device("cpu"))
+    for layer in model.model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, float]:
+    """A checksum of every parameter, gathered whole, under its unwrapped name."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    whole = FullyShardedDataParallel.summon_full_params(model) if isinstance(model, FullyShardedDataParallel) else None
+    with whole or contextlib.nullcontext():
+        return {
+            name.replace("_fsdp_wrapped_module.", ""): (p.full_tensor() if hasattr(p, "full_tensor") else p)
+            .detach()
+            .double()
+            .sum()
+            .item()
+            for name, p in model.named_parameters()
+        }
+
+
+def main(out: str, how: str | None) -> None:
+    if how:
+        torch.distributed.init_process_group("gloo")
+    tokenizer = build_tokenizer()
+    splits = make_splits(n_train=16 * STEPS, n_heldout_sft=7, n_heldout_problems=5, seed=0)
+    model = build_model(tokenizer, seed=0)
+    if how:
+        model = shard_model(model, how)
+    shard = current_shard()
+    train = prepare_examples(splits.train, tokenizer, max_length=128)
+    heldout = prepare_examples(splits.heldout_sft, tokenizer, max_length=128)
+    pad = pad_token_id(tokenizer)
+    sampler = HFSampler(max_batch_rows=8, show_progress=False)
+    uniform = PassAtKConfig(n=4, max_new_tokens=30, seed=3, num_saved_examples=5)
+    # ks <= initial_n: estimated without the beta-binomial fits, which take most of a minute on 5 problems.
+    dynamic = PassAtKConfig(
+        n=4, ks=[1, 2], max_new_tokens=30, seed=3, num_saved_examples=5, allocation="dynamic", initial_n=2
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    measured = {}
+    for step in range(1, STEPS + 1):
+        batch = train[(step - 1) * 16 : step * 16]
+        width = max(len(e.input_ids) for e in batch)
+        ids = torch.full((len(batch), width), pad)
+        labels = torch.full((len(batch), width), -100)
+        for row, e in enumerate(batch):
+            ids[row, : len(e.input_ids)], labels[row, : len(e.labels)] = (
+                torch.tensor(e.input_ids),
+                torch.tensor(e.labels),
+            )
+        model(input_ids=ids, attention_mask=(labels != -100) | (ids != pad), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % (STEPS // 2) == 0:
+            loss = heldout_loss(model, heldout, batch_size=3, pad_token_id=pad, shard=shard)
+            result = {"loss": loss.loss, "n_tokens": loss.n_tokens}
+            for name, config in (("uniform", uniform), ("dynamic", dynamic)):
+                r = measure_pass_at_k(
+                    model, tokenizer, splits.heldout_problems, LooseVerifier(), config, sampler, shard=shard
+                )
+                result[name] = {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
+            measured[step] = result
+
+    # A failure on one rank while the other still runs forwards: both raise, neither hangs.
+    def forwards_then_fail() -> None:
+        if shard.rank == shard.world - 1:
+            raise ValueError("the sampler broke on this rank")
+        with torch.no_grad():
+            for _ in range(3):
+                model(input_ids=torch.tensor([[5, 6, 7]]))
+
+    try:
+        shard.run("pass@k sampling", forwards_then_fail, model=model)
+        failure = "no error"
+    except (RuntimeError, ValueError) as err:
+        failure = str(err)
+    view = {
+        "world": shard.world,
+        "sharded": parameters_are_sharded(model),
+        "measured": measured,
+        "weights": full_weights(model),
+        "failure": failure,
+    }
+    with open(os.path.join(out, f"rank{shard.rank}.json"), "w", encoding="utf-8") as f:
+        json.dump(view, f)
+    if how:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
