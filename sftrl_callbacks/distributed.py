@@ -8,9 +8,10 @@ in a collective.
 Sharded parameters (FSDP, FSDP2's `fully_shard`, ZeRO-3) are all-gathered inside every forward, so a
 forward is a collective: while ranks measure unequal shares, the ones that finish first keep joining the
 others' forwards with a one-token forward of their own until every rank is done (`Shard.run(model=...)`).
-Measuring gathers nothing outside the forwards and writes nothing into the parameters, and it runs under
-`no_grad` rather than `inference_mode` there, because inference tensors left in FSDP's buffers break the
-next backward (seen with FSDP2 on CPU).
+Sampling asks for whole parameters instead (`gather_parameters=True`): under FSDP2 each module is
+unsharded once for the whole call, so its many decode forwards are local. Measuring writes nothing into
+the parameters, and it runs under `no_grad` rather than `inference_mode` there, because inference
+tensors left in FSDP's buffers break the next backward (seen with FSDP2 on CPU).
 """
 
 from __future__ import annotations
@@ -48,12 +49,23 @@ class Shard:
         """True on every rank when it is True on every rank (a decision the ranks must share)."""
         return all(self.gather(bool(flag)))
 
-    def run(self, what: str, fn: Callable[..., T], *args: Any, model: torch.nn.Module | None = None) -> list[T]:
+    def run(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        model: torch.nn.Module | None = None,
+        gather_parameters: bool = False,
+    ) -> list[T]:
         """`fn(*args)` here, then every rank's result in rank order; a failure anywhere raises everywhere.
 
         `model`: the model `fn` runs forwards of; when its parameters are sharded, the ranks run those
-        forwards in step (see the module doc)."""
-        with self._forwards_in_step(model):
+        forwards in step (see the module doc), or, with `gather_parameters` and FSDP2, hold the whole
+        parameters for the duration so that the forwards are local."""
+        gathered_whole = (
+            _whole_parameters(model) if gather_parameters and self.world > 1 and model is not None else None
+        )
+        with gathered_whole or contextlib.nullcontext(), self._forwards_in_step(None if gathered_whole else model):
             try:
                 payload = (fn(*args), None)
             except Exception as err:
@@ -101,6 +113,49 @@ class Shard:
             finally:
                 model.train(was_training)
                 handle.remove()
+
+
+def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager | None:
+    """For an FSDP2 model: a context that all-gathers every parameter once and keeps it whole until it ends
+    (FSDP2's documented way to run evals: `unshard()` and `set_reshard_after_forward(False)`), then puts
+    back each module's own resharding and reshards. None for anything else (FSDP1, ZeRO-3, unsharded).
+
+    Costs the whole model's memory on every rank while it lasts, as TRL's generation under ZeRO-3 does."""
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    try:  # each module's own setting, to put back (torch has no public getter for it)
+        settings = [
+            (
+                state,
+                state._auto_reshard_after_forward,
+                [(g, g.post_forward_mesh_info) for g in state._fsdp_param_groups],
+            )
+            for state in (m._get_fsdp_state() for m in modules)
+        ]
+    except AttributeError:
+        return None
+    if not modules:
+        return None
+
+    @contextlib.contextmanager
+    def whole() -> Iterator[None]:
+        try:
+            for module in modules:
+                module.set_reshard_after_forward(False, recurse=False)
+                module.unshard()
+            yield
+        finally:
+            for state, auto, groups in settings:
+                state._auto_reshard_after_forward = auto
+                for group, mesh_info in groups:
+                    group.post_forward_mesh_info = mesh_info
+            for module in modules:
+                module.reshard()
+
+    return whole()
 
 
 def _nccl() -> bool:

@@ -365,7 +365,9 @@ class _Draw:
         size = max(1, getattr(self.sampler, "max_batch_rows", 1024) // max(counts, default=1))
         chunks = [range(lo, min(lo + size, len(problems))) for lo in range(0, len(problems), size)]
         mine = [(j, chunk) for j, chunk in enumerate(chunks) if j % self.shard.world == self.shard.rank]
-        parts = self.shard.run("pass@k sampling", self._draw, index, mine, problems, counts, model=self.model)
+        parts = self.shard.run(
+            "pass@k sampling", self._draw, index, mine, problems, counts, model=self.model, gather_parameters=True
+        )
         return {i: tally for part in parts for i, tally in part.items()}
 
     def _draw(self, index, mine, problems, counts) -> dict[int, _Tally]:

@@ -28,6 +28,8 @@ from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k  # noqa: E4
 from sftrl_callbacks.sampling import HFSampler, pad_token_id  # noqa: E402
 from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits  # noqa: E402
 
+EMBEDDING = "model.embed_tokens.weight"
+
 
 class LooseVerifier:
     """Accepts a completion with a `###` in it: 40 steps of training solve nothing, and counts of 0 would
@@ -116,17 +118,28 @@ def main(out: str, how: str | None) -> None:
             for _ in range(3):
                 model(input_ids=torch.tensor([[5, 6, 7]]))
 
-    try:
-        shard.run("pass@k sampling", forwards_then_fail, model=model)
-        failure = "no error"
-    except (RuntimeError, ValueError) as err:
-        failure = str(err)
+    failures = []
+    for gather_parameters in (False, True):
+        try:
+            shard.run("pass@k sampling", forwards_then_fail, model=model, gather_parameters=gather_parameters)
+            failures.append("no error")
+        except (RuntimeError, ValueError) as err:
+            failures.append(str(err))
+
+    # The embedding's local shape inside a run that gathers the parameters, and after it (FSDP1: flat parameters).
+    def embedding_shape() -> list[int] | None:
+        embedding = dict(model.named_parameters()).get(EMBEDDING)
+        local = getattr(embedding, "to_local", lambda: embedding)()  # a DTensor's .shape is the global one
+        return None if embedding is None else list(local.shape)
+
+    whole = shard.run("look", embedding_shape, model=model, gather_parameters=True)[0]
     view = {
         "world": shard.world,
         "sharded": parameters_are_sharded(model),
         "measured": measured,
         "weights": full_weights(model),
-        "failure": failure,
+        "failures": failures,
+        "embedding_shape": {"gathered": whole, "after": embedding_shape()},
     }
     with open(os.path.join(out, f"rank{shard.rank}.json"), "w", encoding="utf-8") as f:
         json.dump(view, f)
