@@ -284,6 +284,14 @@ class _StaticStep(_GrowingStep):
 
     def __init__(self, model, cache, cache_arg, attention, next_position, width, forward=None) -> None:
         super().__init__(model, cache, cache_arg, attention, next_position, width)
+        config = getattr(model, "config", None)
+        window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+        if window is not None and window < attention.shape[1]:
+            # The prepared mask would let every token see the whole buffer, past the model's window.
+            raise ValueError(
+                f"HFSampler(static=True) does not apply sliding-window attention (window {window} < prompt + "
+                f"max_new_tokens = {attention.shape[1]}): use the default HFSampler() for this model."
+            )
         dtype = next(model.parameters()).dtype
         self.write_at = torch.tensor([width], device=attention.device)  # cache position of the next token
         for layer in cache.layers:
@@ -427,8 +435,9 @@ def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], dev
 
 def _cache_argument(model: PreTrainedModel) -> str:
     """transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`."""
-    while hasattr(model, "module"):  # FSDP's and DDP's wrappers hide the signature behind *args, **kwargs
-        model = model.module
+    # PEFT's, FSDP's and DDP's wrappers hide the signature behind *args, **kwargs.
+    while hasattr(model, "get_base_model") or hasattr(model, "module"):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
     parameters = inspect.signature(model.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 

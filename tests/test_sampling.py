@@ -49,3 +49,60 @@ def test_chat_prompts_use_the_template(trained, tokenizer):
     plain = HFSampler().sample(trained, tokenizer, ["Q: 3+4=? A:"], 1, SamplingParams(temperature=0, max_new_tokens=20))
     chat = HFSampler().sample(trained, tokenizer, messages, 1, SamplingParams(temperature=0, max_new_tokens=20))
     assert plain == chat
+
+
+def _family_models(tokenizer):
+    """Tiny random Qwen2-, Qwen3- and Mistral-style models (grouped-query attention; Mistral with a
+    sliding window shorter than the sequences) and the toy Llama wrapped in a LoRA adapter."""
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    from sftrl_callbacks.toy import build_model
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    builders = {
+        "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)),
+        "mistral-window-8": lambda: MistralForCausalLM(MistralConfig(sliding_window=8, **common)),
+    }
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        yield name, build().eval()
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # a non-zero adapter
+    yield "peft-lora-llama", peft.get_peft_model(build_model(tokenizer, seed=0), config).eval()
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_greedy_matches_generate_for_other_families_and_peft(tokenizer, splits, static):
+    prompts = list(splits.heldout_problems["prompt"][:6])
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    for name, model in _family_models(tokenizer):
+        sampler = HFSampler(max_batch_rows=6, static=static)
+        if static and name.startswith("mistral-window"):
+            with pytest.raises(ValueError, match="sliding-window"):
+                sampler.sample(model, tokenizer, prompts, 2, params)
+            continue
+        ours = sampler.sample(model, tokenizer, prompts, 2, params)
+        for prompt, completions in zip(prompts, ours):
+            enc = tokenizer(prompt, return_tensors="pt")
+            out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+            reference = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            assert [c.text for c in completions] == [reference, reference], name
