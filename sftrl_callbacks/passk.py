@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,6 +143,9 @@ class BetaBinomial:
         return float((1 - self.zero) * solvable)
 
 
+_LOG_BOUND = 12.0  # bound on |log alpha|, |log beta|, |logit zero| of a fit
+
+
 def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
     """Maximum-likelihood (zero-inflated) beta-binomial for per-problem counts.
 
@@ -151,21 +155,39 @@ def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
     n, c = (a.astype(float) for a in _per_problem(n, c))
     unsolved = c == 0
 
-    def nll(theta):
+    def nll_and_gradient(theta):
         a, b = np.exp(theta[:2])
         log_beta = special.betaln(c + a, n - c + b) - special.betaln(a, b)
+        shared = special.digamma(a + b) - special.digamma(n + a + b)
+        d_log_beta = np.stack(
+            [
+                a * (special.digamma(c + a) - special.digamma(a) + shared),
+                b * (special.digamma(n - c + b) - special.digamma(b) + shared),
+            ]
+        )
         if not zero_inflated:
-            return -np.sum(log_beta)
+            return -np.sum(log_beta), -d_log_beta.sum(axis=1)
         z = special.expit(theta[2])
-        ll = np.where(unsolved, np.logaddexp(np.log(z), np.log1p(-z) + log_beta), np.log1p(-z) + log_beta)
-        return -np.sum(ll)
+        # An unsolved problem: z + (1 - z) B(c+a, n-c+b) / B(a, b); a solved one: (1 - z) B(...) / B(a, b).
+        ll_unsolved = np.logaddexp(np.log(z), np.log1p(-z) + log_beta)
+        ll = np.where(unsolved, ll_unsolved, np.log1p(-z) + log_beta)
+        weight = np.where(unsolved, np.exp(np.log1p(-z) + log_beta - ll_unsolved), 1.0)  # d ll / d log_beta
+        d_z = np.where(unsolved, -np.expm1(log_beta) / np.exp(ll_unsolved), -1.0 / (1 - z)) * z * (1 - z)
+        gradient = np.append((d_log_beta * weight).sum(axis=1), d_z.sum())
+        return -np.sum(ll), -gradient
 
-    mean = (c.sum() + 0.5) / (n.sum() + 1.0)
-    start = [np.log(mean), np.log(1 - mean)] + (
-        [special.logit(np.clip(unsolved.mean(), 0.05, 0.95) / 2)] if zero_inflated else []
-    )
-    res = optimize.minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 6000})
-    a, b = np.exp(np.clip(res.x[:2], -12, 12))
+    # Six starts: the mean success rate of all problems or of the solved ones, times three zero masses.
+    # From one start the fit can end at zero = 0 with a small alpha (another way to explain unsolved
+    # problems), below the best optimum (in 2-11 of 60 bootstrap resamples of simulated counts with the
+    # earlier single-start Nelder-Mead). Bounded at e^+-12: beyond, betaln's difference loses precision.
+    means = [(c.sum() + 0.5) / (n.sum() + 1.0), (c[~unsolved].sum() + 0.5) / (n[~unsolved].sum() + 1.0)]
+    unsolved_share = np.clip(unsolved.mean(), 0.05, 0.95)
+    zeros = [special.logit(unsolved_share * f) for f in (0.3, 0.6, 0.9)] if zero_inflated else [None]
+    starts = [[np.log(m), np.log1p(-m)] + ([z] if z is not None else []) for m in means for z in zeros]
+    bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(starts[0])
+    fits = [optimize.minimize(nll_and_gradient, start, jac=True, method="L-BFGS-B", bounds=bounds) for start in starts]
+    res = min(fits, key=lambda r: r.fun)
+    a, b = np.exp(res.x[:2])
     zero = float(special.expit(res.x[2])) if zero_inflated else 0.0
     return BetaBinomial(float(a), float(b), zero)
 
@@ -185,6 +207,20 @@ def posterior_pass_at_k(n, c, k: int, prior: BetaBinomial) -> np.ndarray:
     return weight * solvable
 
 
+@functools.lru_cache(maxsize=4)
+def _bootstrap_priors(n: tuple, c: tuple, resamples: int, seed: int) -> tuple[BetaBinomial, list]:
+    """The prior fitted to all problems and, per bootstrap resample, (problem indices, refitted prior).
+
+    Cached: the fits do not depend on k, and a measurement extrapolates several k from the same counts."""
+    n_, c_ = np.asarray(n), np.asarray(c)
+    rng = np.random.default_rng(seed)
+    refits = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(c_), size=len(c_))
+        refits.append((idx, fit_beta_binomial(n_[idx], c_[idx])))
+    return fit_beta_binomial(n_, c_), refits
+
+
 def extrapolate_pass_at_k(n, c, k: int, resamples: int = 200, level: float = 0.95, seed: int = 0) -> Interval:
     """pass@k for any k, including k > n, from a zero-inflated beta-binomial fit (empirical Bayes).
 
@@ -196,13 +232,9 @@ def extrapolate_pass_at_k(n, c, k: int, resamples: int = 200, level: float = 0.9
     if np.all(n >= k):
         ci = bootstrap_ci(n, c, k, level=level, resamples=max(resamples, 1000), seed=seed)
         return Interval(ci.estimate, ci.low, ci.high, "unbiased estimator; " + ci.method)
-    prior = fit_beta_binomial(n, c)
+    prior, refits = _bootstrap_priors(tuple(n.tolist()), tuple(c.tolist()), resamples, seed)
     estimate = float(posterior_pass_at_k(n, c, k, prior).mean())
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(c), size=len(c))
-        values.append(posterior_pass_at_k(n[idx], c[idx], k, fit_beta_binomial(n[idx], c[idx])).mean())
+    values = [posterior_pass_at_k(n[idx], c[idx], k, refit).mean() for idx, refit in refits]
     alpha = (1 - level) / 2
     return Interval(
         estimate,

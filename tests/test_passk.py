@@ -79,3 +79,36 @@ def test_extrapolation_recovers_a_known_distribution():
         assert "beta-binomial" in est.method
     # With k <= n it is the unbiased estimator.
     assert extrapolate_pass_at_k(16, c16, 8).estimate == pytest.approx(pass_at_k_curve(16, c16, [8])[8])
+
+
+def _zero_inflated_nll(n, c, theta) -> float:
+    a, b, z = np.exp(theta[0]), np.exp(theta[1]), special.expit(theta[2])
+    log_beta = special.betaln(c + a, n - c + b) - special.betaln(a, b)
+    ll = np.where(c == 0, np.logaddexp(np.log(z), np.log1p(-z) + log_beta), np.log1p(-z) + log_beta)
+    return -float(np.sum(ll))
+
+
+def test_the_fit_finds_the_best_optimum_on_bootstrap_resamples():
+    # Dynamic-allocation-like counts: 40 % never-solvable problems, 16 samples each, 64 for the unsolved.
+    # The likelihood has a second optimum at zero = 0 with a small alpha; a single-start fit stopped there
+    # on a sixth of such resamples. Compare with the best of 36 Nelder-Mead starts.
+    from scipy import optimize
+
+    rng = np.random.default_rng(0)
+    p = np.where(rng.random(128) < 0.4, 0.0, rng.beta(0.5, 3.0, 128))
+    n = np.full(128, 16)
+    c = rng.binomial(16, p)
+    n[c == 0] = 64
+    c[c == 0] = rng.binomial(48, p[c == 0])
+    starts = [[a, b, z] for a in (-2, 0, 1) for b in (0, 1, 3) for z in (-3, -1, 0, 1)]
+    for _ in range(12):
+        idx = rng.integers(0, 128, 128)
+        nn, cc = n[idx].astype(float), c[idx].astype(float)
+        fit = fit_beta_binomial(nn, cc)
+        ours = _zero_inflated_nll(nn, cc, [np.log(fit.alpha), np.log(fit.beta), special.logit(fit.zero)])
+
+        def bounded(theta, nn=nn, cc=cc):
+            return _zero_inflated_nll(nn, cc, np.clip(theta, -12, 12))
+
+        best = min(optimize.minimize(bounded, s, method="Nelder-Mead").fun for s in starts)
+        assert ours <= best + 1e-3
