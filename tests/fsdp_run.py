@@ -1,28 +1,33 @@
-"""Training with measurements in between, FSDP2-sharded on 2 ranks or in one process (run by tests/test_fsdp.py).
+"""Training with measurements in between, sharded on 2 ranks or in one process (run by tests/test_fsdp.py).
 
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2  # fully_shard on every layer and the root
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp1  # FullyShardedDataParallel, layers wrapped
+    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR zero3  # DeepSpeed ZeRO-3 (CPU accelerator)
     python tests/fsdp_run.py OUTPUT_DIR                             # the same run, one process, no sharding
+    ... --no-measuring                                              # the same training without measurements
 
-The toy model trains 40 AdamW steps on the same batches on every rank (so the sharded and the single run
-train the same weights) and is measured at steps 20 and 40 with the callbacks' code paths: held-out loss
-(7 examples in batches of 3: 2 batches on rank 0, 1 on rank 1) and pass@k, uniform and dynamic (5 problems
-in chunks of 2, 2, 1: 2 calls on rank 0, 1 on rank 1). Unequal shares on purpose: every forward of a
-sharded model is a collective. Last, the last rank fails while the others run forwards. Each rank writes
-what it measured, the failure it saw and the final weights to OUTPUT_DIR.
+The toy model trains 40 AdamW steps on the same batches on every rank (so FSDP and the single run train the
+same weights) and is measured at steps 20 and 40 with the callbacks' code paths: held-out loss (7 examples
+in batches of 3: 2 batches on rank 0, 1 on rank 1) and pass@k, uniform and dynamic (5 problems in chunks
+of 2, 2, 1: 2 calls on rank 0, 1 on rank 1). Unequal shares on purpose: every forward of a sharded model
+is a collective. Then the final weights are gathered and rank 0 measures them alone in an unsharded copy,
+and the last rank fails while the others run forwards. Each rank writes what it measured, the reference,
+the failures it saw and checksums of the final weights to OUTPUT_DIR.
 """
 
 import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
 torch.set_num_threads(1)
 STEPS = 40
+LR = 3e-3
 
-from sftrl_callbacks.distributed import current_shard, parameters_are_sharded  # noqa: E402
+from sftrl_callbacks.distributed import Shard, current_shard, parameters_are_sharded  # noqa: E402
 from sftrl_callbacks.heldout import heldout_loss, prepare_examples  # noqa: E402
 from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k  # noqa: E402
 from sftrl_callbacks.sampling import HFSampler, pad_token_id  # noqa: E402
@@ -39,42 +44,75 @@ class LooseVerifier:
         return ["###" in c for c in completions]
 
 
-def shard_model(model: torch.nn.Module, how: str) -> torch.nn.Module:
-    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+def shard_model(model: torch.nn.Module, how: str) -> tuple[torch.nn.Module, Callable]:
+    """(the model the measurements see, one training step on a batch) for `how` (None: one process)."""
+    if how == "zero3":
+        import deepspeed
 
+        config = {
+            "train_micro_batch_size_per_gpu": 16,
+            "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+            "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}},
+        }
+        engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=model.parameters())
+
+        def engine_step(batch: dict) -> None:
+            engine.backward(engine(**batch).loss)
+            engine.step()
+
+        return engine.module, engine_step  # HF Trainer hands callbacks the module, not the engine
     if how == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
         policy = ModuleWrapPolicy({type(model.model.layers[0])})
-        return FullyShardedDataParallel(model, auto_wrap_policy=policy, device_id=torch.device("cpu"))
-    for layer in model.model.layers:
-        fully_shard(layer)
-    return fully_shard(model)
+        model = FullyShardedDataParallel(model, auto_wrap_policy=policy, device_id=torch.device("cpu"))
+    elif how == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+
+    def step(batch: dict) -> None:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return model, step
 
 
-def full_weights(model: torch.nn.Module) -> dict[str, float]:
-    """A checksum of every parameter, gathered whole, under its unwrapped name."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
+def full_weights(model: torch.nn.Module, how: str | None) -> dict[str, torch.Tensor]:
+    """Every parameter, gathered whole, under its unwrapped name."""
+    whole = contextlib.nullcontext()
+    if how == "fsdp1":
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
-    whole = FullyShardedDataParallel.summon_full_params(model) if isinstance(model, FullyShardedDataParallel) else None
-    with whole or contextlib.nullcontext():
+        whole = FullyShardedDataParallel.summon_full_params(model)
+    elif how == "zero3":
+        import deepspeed
+
+        whole = deepspeed.zero.GatheredParameters(list(model.parameters()))
+    with whole:
         return {
             name.replace("_fsdp_wrapped_module.", ""): (p.full_tensor() if hasattr(p, "full_tensor") else p)
             .detach()
-            .double()
-            .sum()
-            .item()
+            .clone()
             for name, p in model.named_parameters()
         }
 
 
-def main(out: str, how: str | None) -> None:
-    if how:
+def main(out: str, how: str | None, measuring: bool = True) -> None:
+    if how == "zero3":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    elif how:
         torch.distributed.init_process_group("gloo")
     tokenizer = build_tokenizer()
     splits = make_splits(n_train=16 * STEPS, n_heldout_sft=7, n_heldout_problems=5, seed=0)
-    model = build_model(tokenizer, seed=0)
-    if how:
-        model = shard_model(model, how)
+    model, train_step = shard_model(build_model(tokenizer, seed=0), how)
     shard = current_shard()
     train = prepare_examples(splits.train, tokenizer, max_length=128)
     heldout = prepare_examples(splits.heldout_sft, tokenizer, max_length=128)
@@ -85,7 +123,17 @@ def main(out: str, how: str | None) -> None:
     dynamic = PassAtKConfig(
         n=4, ks=[1, 2], max_new_tokens=30, seed=3, num_saved_examples=5, allocation="dynamic", initial_n=2
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def measure(model: torch.nn.Module, shard: Shard) -> dict:
+        loss = heldout_loss(model, heldout, batch_size=3, pad_token_id=pad, shard=shard)
+        result = {"loss": loss.loss, "n_tokens": loss.n_tokens}
+        for name, config in (("uniform", uniform), ("dynamic", dynamic)):
+            r = measure_pass_at_k(
+                model, tokenizer, splits.heldout_problems, LooseVerifier(), config, sampler, shard=shard
+            )
+            result[name] = {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
+        return result
+
     measured = {}
     for step in range(1, STEPS + 1):
         batch = train[(step - 1) * 16 : step * 16]
@@ -97,18 +145,15 @@ def main(out: str, how: str | None) -> None:
                 torch.tensor(e.input_ids),
                 torch.tensor(e.labels),
             )
-        model(input_ids=ids, attention_mask=(labels != -100) | (ids != pad), labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % (STEPS // 2) == 0:
-            loss = heldout_loss(model, heldout, batch_size=3, pad_token_id=pad, shard=shard)
-            result = {"loss": loss.loss, "n_tokens": loss.n_tokens}
-            for name, config in (("uniform", uniform), ("dynamic", dynamic)):
-                r = measure_pass_at_k(
-                    model, tokenizer, splits.heldout_problems, LooseVerifier(), config, sampler, shard=shard
-                )
-                result[name] = {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
-            measured[step] = result
+        train_step({"input_ids": ids, "attention_mask": (labels != -100) | (ids != pad), "labels": labels})
+        if measuring and step % (STEPS // 2) == 0:
+            measured[step] = measure(model, shard)
+    # The last weights, gathered, measured by rank 0 alone in an unsharded copy of the model.
+    weights = full_weights(model, how)
+    plain = build_model(tokenizer, seed=0)
+    missing, unexpected = plain.load_state_dict(weights, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding, which is loaded
+    reference = measure(plain, Shard()) if measuring and shard.rank == 0 else None
 
     # A failure on one rank while the other still runs forwards: both raise, neither hangs.
     def forwards_then_fail() -> None:
@@ -137,7 +182,8 @@ def main(out: str, how: str | None) -> None:
         "world": shard.world,
         "sharded": parameters_are_sharded(model),
         "measured": measured,
-        "weights": full_weights(model),
+        "reference": reference,
+        "weights": {name: w.double().sum().item() for name, w in weights.items()},
         "failures": failures,
         "embedding_shape": {"gathered": whole, "after": embedding_shape()},
     }
@@ -148,4 +194,5 @@ def main(out: str, how: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
+    how = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None
+    main(sys.argv[1], how, measuring="--no-measuring" not in sys.argv)

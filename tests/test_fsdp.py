@@ -1,10 +1,12 @@
-"""Measurement of an FSDP-sharded model (FSDP2 and FSDP1) on 2 ranks (torchrun, gloo, CPU) equals one process.
+"""Measurement of a model sharded on 2 ranks (torchrun, gloo, CPU) - FSDP2, FSDP1, DeepSpeed ZeRO-3 - equals
+measurement in one process.
 
-FSDP all-gathers parameters inside every forward, so ranks measuring unequal shares must keep running
-forwards together (`Shard.run(model=...)`); without that the run crashes or hangs. The training between
-measurements must also come out the same: measuring may not touch the weights or autograd state.
+Sharded parameters are all-gathered inside every forward, so ranks measuring unequal shares must keep
+running forwards together (`Shard.run(model=...)`); without that the run crashes or hangs. The training
+between measurements must also come out the same: measuring may not touch the weights or autograd state.
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -14,6 +16,7 @@ import sys
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp_run.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:
@@ -22,46 +25,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(out, how: str | None, *flags: str) -> dict:
+    out.mkdir()
+    command = [sys.executable, SCRIPT, str(out)]
+    if how:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command += ["--master_port", str(_free_port()), SCRIPT, str(out), how]
+    proc = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2 if how else 1)]
+    assert all(rank["measured"] == ranks[0]["measured"] for rank in ranks)  # every rank holds the whole result
+    return ranks[0]
 
 
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory) -> dict:
     """The run in one process, unsharded."""
-    out = tmp_path_factory.mktemp("single")
-    proc = subprocess.run([sys.executable, SCRIPT, str(out)], capture_output=True, text=True, timeout=300, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((out / "rank0.json").read_text())
+    return _run(tmp_path_factory.mktemp("alone") / "run", None)
+
+
+def _same_measurement(sharded: dict, one: dict) -> None:
+    assert sharded["loss"] == pytest.approx(one["loss"], abs=1e-4) and sharded["n_tokens"] == one["n_tokens"]
+    for allocation in ("uniform", "dynamic"):
+        # Seeded per chunk of problems, not per rank: the very same completions, drawn on other ranks.
+        assert sharded[allocation] == one[allocation]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["fsdp2", "fsdp1"])
+@pytest.mark.parametrize("how", ["fsdp2", "fsdp1", "zero3"])
 def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), SCRIPT, str(tmp_path), how]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
+        pytest.skip("DeepSpeed is not installed (it is in the test extra)")
+    run = _run(tmp_path / "run", how)
     assert (alone["world"], alone["sharded"]) == (1, False)
-    assert (rank0["world"], rank0["sharded"]) == (2, True)
-    assert rank0["measured"] == rank1["measured"]  # every rank holds the whole result
-    assert sorted(alone["measured"]) == ["20", "40"]
-    solved = 0
-    for step, one in alone["measured"].items():
-        two = rank0["measured"][step]
-        assert two["loss"] == pytest.approx(one["loss"], abs=1e-4) and two["n_tokens"] == one["n_tokens"]
-        for allocation in ("uniform", "dynamic"):
-            # Seeded per chunk of problems, not per rank: the very same completions, drawn on other ranks.
-            assert two[allocation] == one[allocation]
-            solved += sum(one[allocation]["c"])
-    assert solved > 0
-    assert rank0["weights"] == pytest.approx(alone["weights"], abs=1e-6)  # training went on untouched
-    for rank in (rank0, rank1):  # with the forwards in step, and with whole parameters (FSDP2) or in step (FSDP1)
-        assert [f.split(":")[:2] for f in rank["failures"]] == [["pass@k sampling failed on rank 1", " ValueError"]] * 2
-    # FSDP2 gathers the parameters once for pass@k sampling; FSDP1 keeps them sharded and runs in step.
+    assert (run["world"], run["sharded"]) == (2, True)
+    assert sorted(run["measured"]) == ["20", "40"]
+    # The last weights gathered into an unsharded copy and measured by rank 0 alone.
+    _same_measurement(run["measured"]["40"], run["reference"])
+    assert sum(sum(run["measured"]["40"][a]["c"]) for a in ("uniform", "dynamic")) > 0
+    if how == "zero3":
+        # DeepSpeed's training steps differ from torch's AdamW loop, so compare with its own run unmeasured.
+        unmeasured = _run(tmp_path / "unmeasured", how, "--no-measuring")
+        assert run["weights"] == unmeasured["weights"]  # measuring left training untouched
+    else:
+        for step in ("20", "40"):
+            _same_measurement(run["measured"][step], alone["measured"][step])
+        assert run["weights"] == pytest.approx(alone["weights"], abs=1e-6)  # training went on untouched
+    # A failure on one rank mid-measurement, forwards in step or parameters whole: both ranks raise.
+    assert [f.split(":")[:2] for f in run["failures"]] == [["pass@k sampling failed on rank 1", " ValueError"]] * 2
+    # FSDP2 gathers the parameters once for pass@k sampling and shards them again after; FSDP1 keeps them
+    # sharded (flat parameters) and runs in step. (ZeRO-3's placeholders say little: it keeps some whole.)
     full = alone["embedding_shape"]["after"]
     if how == "fsdp2":
-        assert rank0["embedding_shape"] == {"gathered": full, "after": [full[0] // 2, full[1]]}
-    else:
-        assert rank0["embedding_shape"] == {"gathered": None, "after": None}
+        assert run["embedding_shape"] == {"gathered": full, "after": [full[0] // 2, full[1]]}
+    elif how == "fsdp1":
+        assert run["embedding_shape"] == {"gathered": None, "after": None}
