@@ -126,6 +126,8 @@ def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManag
     from torch.distributed.fsdp import FSDPModule
 
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not modules:
+        return None
     try:  # each module's own setting, to put back (torch has no public getter for it)
         settings = [
             (
@@ -135,9 +137,7 @@ def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManag
             )
             for state in (m._get_fsdp_state() for m in modules)
         ]
-    except AttributeError:
-        return None
-    if not modules:
+    except AttributeError:  # another torch: keep the forwards in step instead
         return None
 
     @contextlib.contextmanager

@@ -190,6 +190,12 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
     with open(os.path.join(out, f"rank{shard.rank}.json"), "w", encoding="utf-8") as f:
         json.dump(view, f)
     if how:
+        torch.distributed.barrier()
+    if how == "zero3":
+        # DeepSpeed's engine outlives the process group: in one CI run a rank aborted in teardown ("terminate
+        # called without an active exception") after both ranks had written their results. Skip teardown.
+        os._exit(0)
+    if how:
         torch.distributed.destroy_process_group()
 
 

@@ -32,7 +32,9 @@ def _run(out, how: str | None, *flags: str) -> dict:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         command += ["--master_port", str(_free_port()), SCRIPT, str(out), how]
     proc = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=600, env=ENV)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    (out / "stderr.txt").write_text(proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "terminate called" in line]
+    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2 if how else 1)]
     assert all(rank["measured"] == ranks[0]["measured"] for rank in ranks)  # every rank holds the whole result
     return ranks[0]
