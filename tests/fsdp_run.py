@@ -200,5 +200,5 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    how = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "-" else None
-    main(sys.argv[1], how, measuring="--no-measuring" not in sys.argv)
+    modes = [arg for arg in sys.argv[2:] if not arg.startswith("--")]
+    main(sys.argv[1], modes[0] if modes else None, measuring="--no-measuring" not in sys.argv)
