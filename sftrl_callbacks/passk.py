@@ -182,8 +182,8 @@ def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
     # earlier single-start Nelder-Mead). Bounded at e^+-12: beyond, betaln's difference loses precision.
     means = [(c.sum() + 0.5) / (n.sum() + 1.0), (c[~unsolved].sum() + 0.5) / (n[~unsolved].sum() + 1.0)]
     unsolved_share = np.clip(unsolved.mean(), 0.05, 0.95)
-    zeros = [special.logit(unsolved_share * f) for f in (0.3, 0.6, 0.9)] if zero_inflated else [None]
-    starts = [[np.log(m), np.log1p(-m)] + ([z] if z is not None else []) for m in means for z in zeros]
+    zeros = [[special.logit(unsolved_share * f)] for f in (0.3, 0.6, 0.9)] if zero_inflated else [[]]
+    starts = [[np.log(m), np.log1p(-m)] + z for m in means for z in zeros]
     bounds = [(-_LOG_BOUND, _LOG_BOUND)] * len(starts[0])
     fits = [optimize.minimize(nll_and_gradient, start, jac=True, method="L-BFGS-B", bounds=bounds) for start in starts]
     res = min(fits, key=lambda r: r.fun)
