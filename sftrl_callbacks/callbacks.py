@@ -29,7 +29,7 @@ from . import readiness
 from .background import BackgroundPassAtK
 from .checkpoints import protect
 from .checks import check_types, require
-from .distributed import current_shard
+from .distributed import Shard, current_shard
 from .heldout import examples_from_trainer_args, heldout_loss
 from .hub import RunHub, hub_for
 from .measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
@@ -171,7 +171,7 @@ class _MonitorCallback(TrainerCallback):
 class _ScheduledMonitor(_MonitorCallback):
     """A callback that measures on a schedule: every N steps, on save steps and at the end.
 
-    Subclasses set `_what` and implement `_measure(state, model, processing_class)`; their config
+    Subclasses set `_what` and implement `_measure(state, model, processing_class, shard)`; their config
     has `every_n_steps`, `on_save` and `on_train_end`. A measurement runs at most once per step.
     """
 
@@ -210,29 +210,33 @@ class _ScheduledMonitor(_MonitorCallback):
             or (self.config.on_train_end and control.should_training_stop)
         )
 
-    def _measure_once(self, state: TrainerState, model, processing_class) -> bool:
+    def _measure_once(self, state: TrainerState, model, processing_class, optimizer) -> bool:
         """Measure unless this step already was; True when a measurement was attempted."""
         if not self._active() or state.global_step == self._last_step:
             return False
         self._last_step = state.global_step
-        self._safely(self._what, self._measure, state, model, processing_class)
+        self._safely(self._what, self._measure, state, model, processing_class, current_shard(optimizer))
         return True
 
-    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self._due(state, control) and self._measure_once(state, model, processing_class):
+    def on_step_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+        if self._due(state, control) and self._measure_once(state, model, processing_class, optimizer):
             self._flush_now(control)
 
-    def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+    def on_epoch_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         # Epoch-based saves are decided in DefaultFlowCallback.on_epoch_end, which runs before this.
-        if self.config.on_save and control.should_save and self._measure_once(state, model, processing_class):
+        if (
+            self.config.on_save
+            and control.should_save
+            and self._measure_once(state, model, processing_class, optimizer)
+        ):
             self._flush_now(control)
 
-    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+    def on_train_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         if self.config.on_train_end and self.hub is not None:
-            self._measure_once(state, model, processing_class)
+            self._measure_once(state, model, processing_class, optimizer)
             self.hub.merge_into_log(state, None)
 
-    def _measure(self, state: TrainerState, model, processing_class) -> None:
+    def _measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
         raise NotImplementedError
 
 
@@ -364,10 +368,10 @@ class HeldOutLossCallback(_ScheduledMonitor):
             elif key.startswith("eval_") and key.endswith("_loss"):
                 self._record(state.global_step, key[len("eval_") : -len("_loss")], float(value), source="trainer_eval")
 
-    def _measure(self, state: TrainerState, model, processing_class) -> None:
+    def _measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
         pad = pad_token_id(getattr(processing_class, "tokenizer", processing_class))
         for name, examples in self._examples.items():
-            result = heldout_loss(model, examples, self.config.batch_size, pad, current_shard())
+            result = heldout_loss(model, examples, self.config.batch_size, pad, shard)
             self._record(state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples)
 
     def _record(self, step: int, name: str, loss: float, **context: Any) -> None:
@@ -595,12 +599,12 @@ class PassAtKCallback(_ScheduledMonitor):
             if self.hub.is_main:
                 self._copy_to_checkpoint(step)
 
-    def _measure(self, state: TrainerState, model, processing_class) -> None:
+    def _measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
         tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps one
         step = state.global_step
         for name, problems in self.problems.items():
             result = measure_pass_at_k(
-                model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step, current_shard()
+                model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step, shard
             )
             self._publish(step, name, result)
 

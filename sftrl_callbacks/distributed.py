@@ -9,7 +9,11 @@ Sharded parameters (FSDP, FSDP2's `fully_shard`, ZeRO-3) are all-gathered inside
 forward is a collective: while ranks measure unequal shares, the ones that finish first keep joining the
 others' forwards with a one-token forward of their own until every rank is done (`Shard.run(model=...)`).
 Sampling asks for whole parameters instead (`gather_parameters=True`): under FSDP2 each module is
-unsharded once for the whole call, so its many decode forwards are local. Measuring writes nothing into
+unsharded once for the whole call, so its many decode forwards are local; under ZeRO-3 DeepSpeed's own
+`unwrap_model_for_generation` gathers them once and lifts its hooks, which takes the trainer's optimizer
+(`Shard.optimizer`: DeepSpeed keeps the hooks there; HF Trainer hands it to every callback). Without it,
+ZeRO-3 sampling stays correct, with DeepSpeed's hooks fetching parameters by their own policy around every
+module's forward at every token (twice the wall time on the toy model). Measuring writes nothing into
 the parameters, and it runs under `no_grad` rather than `inference_mode` there, because inference
 tensors left in FSDP's buffers break the next backward (seen with FSDP2 on CPU).
 """
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import torch
@@ -32,6 +37,9 @@ class Shard:
 
     rank: int = 0
     world: int = 1
+    # The trainer's optimizer (HF Trainer passes it to callbacks): under DeepSpeed ZeRO-3 it is the way to the
+    # hooks that must be lifted to gather the parameters once for sampling. Unused otherwise.
+    optimizer: Any = field(default=None, compare=False, repr=False)
 
     def mine(self, items: Sequence[T]) -> list[T]:
         """Every `world`-th item from `rank`: shares differ by at most one."""
@@ -60,12 +68,18 @@ class Shard:
         """`fn(*args)` here, then every rank's result in rank order; a failure anywhere raises everywhere.
 
         `model`: the model `fn` runs forwards of; when its parameters are sharded, the ranks run those
-        forwards in step (see the module doc), or, with `gather_parameters` and FSDP2, hold the whole
-        parameters for the duration so that the forwards are local."""
-        gathered_whole = (
-            _whole_parameters(model) if gather_parameters and self.world > 1 and model is not None else None
-        )
-        with gathered_whole or contextlib.nullcontext(), self._forwards_in_step(None if gathered_whole else model):
+        forwards in step (see the module doc). With `gather_parameters` they hold the whole parameters
+        for the duration instead, where that can be done: FSDP2, and ZeRO-3 given `optimizer`."""
+        whole, in_step = None, model
+        if gather_parameters and self.world > 1 and model is not None:
+            whole = _fsdp2_whole(model)
+            if whole is not None:
+                in_step = None  # every forward is local now
+            else:
+                # DeepSpeed's root pre-forward hook stays and may still compare notes across ranks (its trace
+                # check): the votes stay too. One small all-reduce per forward, no parameter gathering.
+                whole = _zero3_whole(model, self.optimizer)
+        with whole or contextlib.nullcontext(), self._forwards_in_step(in_step):
             try:
                 payload = (fn(*args), None)
             except Exception as err:
@@ -115,7 +129,7 @@ class Shard:
                 handle.remove()
 
 
-def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager | None:
+def _fsdp2_whole(model: torch.nn.Module) -> contextlib.AbstractContextManager | None:
     """For an FSDP2 model: a context that all-gathers every parameter once and keeps it whole until it ends
     (FSDP2's documented way to run evals: `unshard()` and `set_reshard_after_forward(False)`), then puts
     back each module's own resharding and reshards. None for anything else (FSDP1, ZeRO-3, unsharded).
@@ -158,6 +172,26 @@ def _whole_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManag
     return whole()
 
 
+def _zero3_whole(model: torch.nn.Module, optimizer: Any) -> contextlib.AbstractContextManager | None:
+    """For a ZeRO-3 model: DeepSpeed's `unwrap_model_for_generation`, which gathers every parameter once and
+    lifts the per-module hooks that would release them after each forward (as TRL's GRPO does). It needs
+    DeepSpeed's ZeRO-3 optimizer, which holds the hooks; None without it (or for anything but ZeRO-3)."""
+    if optimizer is None or not any(hasattr(p, "ds_id") for p in model.parameters()):
+        return None
+    stage3 = optimizer
+    while stage3 is not None and not hasattr(stage3, "parameter_offload"):
+        stage3 = getattr(stage3, "optimizer", None)  # accelerate's DeepSpeedOptimizerWrapper wraps the engine's
+    try:
+        from deepspeed.runtime.zero import unwrap_model_for_generation
+    except ImportError:  # a DeepSpeed without it: keep the forwards in step
+        return None
+    if stage3 is None:
+        return None
+    # The function reads `.optimizer` and `.parameters()` of the engine; callbacks hold the module instead.
+    engine_view = SimpleNamespace(optimizer=stage3, parameters=stage3.parameter_offload.module.parameters)
+    return unwrap_model_for_generation(engine_view)
+
+
 def _nccl() -> bool:
     return "nccl" in str(torch.distributed.get_backend()).lower()
 
@@ -177,8 +211,9 @@ def no_grad_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     return torch.no_grad() if parameters_are_sharded(model) else torch.inference_mode()
 
 
-def current_shard() -> Shard:
-    """The running process's shard: torch.distributed's rank and world size once it is initialised."""
+def current_shard(optimizer: Any = None) -> Shard:
+    """The running process's shard: torch.distributed's rank and world size once it is initialised.
+    `optimizer`: the trainer's, for ZeRO-3 (see `Shard.optimizer`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    return Shard()
+        return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size(), optimizer)
+    return Shard(optimizer=optimizer)

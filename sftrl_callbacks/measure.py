@@ -52,6 +52,14 @@ class PassAtKConfig:
     time_budget_s: float | None = field(
         default=None, metadata={"help": "Stop sampling new problems after this many seconds (logs how many were done)."}
     )
+    gather_parameters: bool = field(
+        default=True,
+        metadata={
+            "help": "Under FSDP2 or DeepSpeed ZeRO-3, hold the whole parameters on every rank while sampling, as "
+            "TRL's ds3_gather_for_generation does: faster, but each rank needs the whole model's memory. False "
+            "samples with the parameters sharded (every rank's forwards in step)."
+        },
+    )
     prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or messages)."})
     answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
     num_saved_examples: int = field(default=3, metadata={"help": "Problems whose completions go into the JSON."})
@@ -366,7 +374,14 @@ class _Draw:
         chunks = [range(lo, min(lo + size, len(problems))) for lo in range(0, len(problems), size)]
         mine = [(j, chunk) for j, chunk in enumerate(chunks) if j % self.shard.world == self.shard.rank]
         parts = self.shard.run(
-            "pass@k sampling", self._draw, index, mine, problems, counts, model=self.model, gather_parameters=True
+            "pass@k sampling",
+            self._draw,
+            index,
+            mine,
+            problems,
+            counts,
+            model=self.model,
+            gather_parameters=self.config.gather_parameters,
         )
         return {i: tally for part in parts for i, tally in part.items()}
 

@@ -1,6 +1,7 @@
 """A 2-rank DDP SFT run of the toy model with the three callbacks (run by tests/test_ddp.py under torchrun).
 
     torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR
+    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR --zero3  # HF Trainer's DeepSpeed ZeRO-3 instead (CPU)
 
 Unequal shares on purpose: 7 held-out examples and 5 problems on 2 ranks. Each rank writes what its
 callbacks hold to OUTPUT_DIR/rank<r>.json; rank 0 also writes the held-out rows and problems as JSONL so
@@ -24,12 +25,25 @@ from sftrl_callbacks.sampling import HFSampler  # noqa: E402
 from sftrl_callbacks.toy import StepVerifier, build_model, build_tokenizer, make_splits  # noqa: E402
 
 
-def main(out: str) -> None:
+class HookCountingSampler(HFSampler):
+    """Counts the modules with forward pre-hooks at each sampling call: under ZeRO-3 DeepSpeed hooks every
+    module, and gathering the parameters once for sampling lifts those hooks."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hooked_modules: list[int] = []
+
+    def sample(self, model, *args, **kwargs):
+        self.hooked_modules.append(sum(1 for m in model.modules() if m._forward_pre_hooks))
+        return super().sample(model, *args, **kwargs)
+
+
+def main(out: str, zero3: bool = False) -> None:
     tokenizer = build_tokenizer()
     splits = make_splits(n_train=2000, n_heldout_sft=7, n_heldout_problems=5, seed=0)
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=15, batch_size=2)
     # 8 rows a call: 2 problems a chunk, so the 5 problems go in chunks of 2, 2, 1 (3 on rank 0, 2 on rank 1).
-    sampler = HFSampler(max_batch_rows=8)
+    sampler = HookCountingSampler(max_batch_rows=8)
     passk = PassAtKCallback(
         {"mixed": splits.heldout_problems}, verifier=StepVerifier(), sampler=sampler, n=4, max_new_tokens=30, seed=3
     )
@@ -45,7 +59,21 @@ def main(out: str) -> None:
         seed=3,
     )
     readiness = RLReadinessCallback(watch=[loss, passk])
-    args = toy_sft_config(out, 60, [], save_steps=30, per_device_train_batch_size=16, learning_rate=3e-3)
+    deepspeed = None
+    if zero3:  # checkpoints gather the weights into model.safetensors, so that `sftrl eval` can read them
+        deepspeed = {
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
+            "zero_optimization": {
+                "stage": 3,
+                "stage3_param_persistence_threshold": 0,
+                "stage3_gather_16bit_weights_on_model_save": True,
+            },
+        }
+    args = toy_sft_config(
+        out, 60, [], save_steps=30, per_device_train_batch_size=16, learning_rate=3e-3, deepspeed=deepspeed
+    )
     trainer = SFTTrainer(
         model=build_model(tokenizer, seed=0),
         args=args,
@@ -67,6 +95,9 @@ def main(out: str) -> None:
             for r in passk.results["mixed"]
         },
         "dynamic": {r.step: {"n": r.n, "c": r.c, "examples": r.examples} for r in dynamic.results["dyn"]},
+        "optimizer": [type(trainer.optimizer).__name__, type(getattr(trainer.optimizer, "optimizer", None)).__name__],
+        "hooked_modules": sampler.hooked_modules,
+        "modules": len(list(trainer.model.modules())),
         "errors": loss.errors + passk.errors + dynamic.errors + readiness.errors,
         "checkpoints": readiness.checkpoints,
     }
@@ -75,4 +106,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], zero3="--zero3" in sys.argv)

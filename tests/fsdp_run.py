@@ -5,6 +5,7 @@
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR zero3  # DeepSpeed ZeRO-3 (CPU accelerator)
     python tests/fsdp_run.py OUTPUT_DIR                             # the same run, one process, no sharding
     ... --no-measuring                                              # the same training without measurements
+    ... --no-optimizer                                              # measurements not handed the optimizer
 
 The toy model trains 40 AdamW steps on the same batches on every rank (so FSDP and the single run train the
 same weights) and is measured at steps 20 and 40 with the callbacks' code paths: held-out loss (7 examples
@@ -19,7 +20,9 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -44,8 +47,9 @@ class LooseVerifier:
         return ["###" in c for c in completions]
 
 
-def shard_model(model: torch.nn.Module, how: str) -> tuple[torch.nn.Module, Callable]:
-    """(the model the measurements see, one training step on a batch) for `how` (None: one process)."""
+def shard_model(model: torch.nn.Module, how: str) -> tuple[torch.nn.Module, Callable, Any]:
+    """(the model the measurements see, one training step on a batch, the optimizer a trainer would hand
+    to callbacks) for `how` (None: one process)."""
     if how == "zero3":
         import deepspeed
 
@@ -60,7 +64,8 @@ def shard_model(model: torch.nn.Module, how: str) -> tuple[torch.nn.Module, Call
             engine.backward(engine(**batch).loss)
             engine.step()
 
-        return engine.module, engine_step  # HF Trainer hands callbacks the module, not the engine
+        # HF Trainer hands callbacks the module, not the engine, and the engine's optimizer (wrapped by accelerate).
+        return engine.module, engine_step, engine.optimizer
     if how == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -80,7 +85,7 @@ def shard_model(model: torch.nn.Module, how: str) -> tuple[torch.nn.Module, Call
         optimizer.step()
         optimizer.zero_grad()
 
-    return model, step
+    return model, step, optimizer
 
 
 def full_weights(model: torch.nn.Module, how: str | None) -> dict[str, torch.Tensor]:
@@ -112,8 +117,8 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
         torch.distributed.init_process_group("gloo")
     tokenizer = build_tokenizer()
     splits = make_splits(n_train=16 * STEPS, n_heldout_sft=7, n_heldout_problems=5, seed=0)
-    model, train_step = shard_model(build_model(tokenizer, seed=0), how)
-    shard = current_shard()
+    model, train_step, optimizer = shard_model(build_model(tokenizer, seed=0), how)
+    shard = current_shard(optimizer if "--no-optimizer" not in sys.argv else None)
     train = prepare_examples(splits.train, tokenizer, max_length=128)
     heldout = prepare_examples(splits.heldout_sft, tokenizer, max_length=128)
     pad = pad_token_id(tokenizer)
@@ -134,7 +139,7 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
             result[name] = {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
         return result
 
-    measured = {}
+    measured, seconds = {}, {}
     for step in range(1, STEPS + 1):
         batch = train[(step - 1) * 16 : step * 16]
         width = max(len(e.input_ids) for e in batch)
@@ -147,7 +152,9 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
             )
         train_step({"input_ids": ids, "attention_mask": (labels != -100) | (ids != pad), "labels": labels})
         if measuring and step % (STEPS // 2) == 0:
+            start = time.perf_counter()
             measured[step] = measure(model, shard)
+            seconds[step] = time.perf_counter() - start
     # The last weights, gathered, measured by rank 0 alone in an unsharded copy of the model.
     weights = full_weights(model, how)
     plain = build_model(tokenizer, seed=0)
@@ -178,14 +185,27 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
         return None if embedding is None else list(local.shape)
 
     whole = shard.run("look", embedding_shape, model=model, gather_parameters=True)[0]
+
+    def zero3_whole() -> int:  # parameters held whole (ZeRO-3 leaves a 0-element placeholder in a partitioned one)
+        return sum(p.data.numel() == p.ds_numel for p in model.parameters())
+
+    zero3 = None
+    if how == "zero3":
+        zero3 = {
+            "parameters": len(list(model.parameters())),
+            "gathered": shard.run("look", zero3_whole, model=model, gather_parameters=True)[0],
+            "after": zero3_whole(),
+        }
     view = {
         "world": shard.world,
         "sharded": parameters_are_sharded(model),
         "measured": measured,
+        "seconds": seconds,  # wall time of each measurement (to compare ways of sharding; not tested)
         "reference": reference,
         "weights": {name: w.double().sum().item() for name, w in weights.items()},
         "failures": failures,
         "embedding_shape": {"gathered": whole, "after": embedding_shape()},
+        "zero3_whole": zero3,
     }
     with open(os.path.join(out, f"rank{shard.rank}.json"), "w", encoding="utf-8") as f:
         json.dump(view, f)

@@ -1,5 +1,7 @@
-"""Measurement sharded across 2 DDP ranks (torchrun, gloo, CPU) equals the single-process measurement."""
+"""Measurement sharded across 2 ranks (torchrun, gloo, CPU) of an HF Trainer run, under DDP and under
+DeepSpeed ZeRO-3, equals the single-process measurement."""
 
+import importlib.util
 import json
 import os
 import socket
@@ -21,10 +23,13 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
-    out = tmp_path / "ddp"
+@pytest.mark.parametrize("how", ["ddp", "zero3"])
+def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
+    if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
+        pytest.skip("DeepSpeed is not installed (it is in the test extra)")
+    out = tmp_path / how
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), SCRIPT, str(out)]
+    command += ["--master_port", str(_free_port()), SCRIPT, str(out)] + (["--zero3"] if how == "zero3" else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -33,6 +38,12 @@ def test_two_rank_ddp_run_measures_what_one_process_measures(tmp_path, capsys):
     # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
     assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"] and rank0["dynamic"] == rank1["dynamic"]
     assert rank0["checkpoints"] == rank1["checkpoints"] == [30, 60]
+    if how == "zero3":
+        # The Trainer hands callbacks accelerate's wrapper of DeepSpeed's optimizer, through which pass@k sampling
+        # gathers the parameters once and lifts DeepSpeed's hooks from every module (the root keeps one of its own).
+        assert rank0["optimizer"] == ["DeepSpeedOptimizerWrapper", "DeepSpeedZeroOptimizer_Stage3"]
+        for rank in (rank0, rank1):  # one count per sampler call of that rank
+            assert rank["hooked_modules"] and set(rank["hooked_modules"]) == {1}, rank["hooked_modules"]
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     keys = [(r["step"], r["name"]) for r in records]
     assert len(keys) == len(set(keys))  # nothing written twice

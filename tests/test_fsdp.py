@@ -75,10 +75,13 @@ def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path
         assert run["weights"] == pytest.approx(alone["weights"], abs=1e-6)  # training went on untouched
     # A failure on one rank mid-measurement, forwards in step or parameters whole: both ranks raise.
     assert [f.split(":")[:2] for f in run["failures"]] == [["pass@k sampling failed on rank 1", " ValueError"]] * 2
-    # FSDP2 gathers the parameters once for pass@k sampling and shards them again after; FSDP1 keeps them
-    # sharded (flat parameters) and runs in step. (ZeRO-3's placeholders say little: it keeps some whole.)
+    # FSDP2 and ZeRO-3 (given the optimizer) gather the parameters once for pass@k sampling and shard them
+    # again after; FSDP1 keeps them sharded (flat parameters) and runs in step.
     full = alone["embedding_shape"]["after"]
     if how == "fsdp2":
         assert run["embedding_shape"] == {"gathered": full, "after": [full[0] // 2, full[1]]}
     elif how == "fsdp1":
         assert run["embedding_shape"] == {"gathered": None, "after": None}
+    else:
+        whole = run["zero3_whole"]
+        assert whole == {"parameters": whole["parameters"], "gathered": whole["parameters"], "after": 0}
