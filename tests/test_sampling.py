@@ -106,3 +106,64 @@ def test_greedy_matches_generate_for_other_families_and_peft(tokenizer, splits, 
             out = model.generate(**enc, max_new_tokens=12, do_sample=False)
             reference = tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             assert [c.text for c in completions] == [reference, reference], name
+
+
+def _within_sampling_error(counts: torch.Tensor, expected: torch.Tensor) -> None:
+    """Frequencies within 5 binomial standard deviations of `expected`, and none where it is 0."""
+    n = counts.sum()
+    freq = counts.double() / n
+    sigma = (expected * (1 - expected) / n).sqrt()
+    assert torch.all((freq - expected).abs() <= 5 * sigma + 1e-12), (freq, expected)
+    assert torch.all(counts[expected == 0] == 0)
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8), (1.5, 4, 0.9)],
+)
+def test_picked_tokens_follow_the_tempered_truncated_distribution(temperature, top_k, top_p):
+    from sftrl_callbacks.sampling import _pick_tokens
+
+    logits = torch.tensor([2.0, 1.0, 0.3, -0.2, -1.0, float("-inf"), 0.6], dtype=torch.float64)
+    # The expected distribution, built independently: temper, keep the top k, then the smallest set of the
+    # most likely tokens whose mass reaches top_p, renormalise.
+    probs = torch.softmax(logits / temperature, -1)
+    order = probs.argsort(descending=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    mass = 0.0
+    for rank, token in enumerate(order.tolist()):
+        if (top_k and rank >= top_k) or mass >= top_p or probs[token] == 0:
+            break
+        keep[token] = True
+        mass += float(probs[token])
+    expected = torch.where(keep, probs, 0.0)
+    expected = expected / expected.sum()
+
+    draws = 40_000
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    generator = torch.Generator().manual_seed(0)
+    tokens = _pick_tokens(logits.float().expand(draws, -1), params, generator)
+    _within_sampling_error(torch.bincount(tokens, minlength=len(logits)), expected)
+
+
+def test_first_sampled_token_follows_the_model(tokenizer, splits):
+    """End to end through HFSampler: the first token's frequencies match the model's softmax at temperature."""
+    from sftrl_callbacks.toy import build_model
+
+    model = build_model(tokenizer, seed=1).eval()
+    prompt = splits.heldout_problems["prompt"][0]
+    with torch.no_grad():
+        logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1].double()
+    expected_by_token = torch.softmax(logits / 0.5, -1)
+    texts = [tokenizer.decode([t], skip_special_tokens=True) for t in range(len(expected_by_token))]
+    names = sorted(set(texts))
+    expected = torch.zeros(len(names), dtype=torch.float64)
+    for text, p in zip(texts, expected_by_token):
+        expected[names.index(text)] += p
+    params = SamplingParams(max_new_tokens=1, temperature=0.5, seed=0)
+    samples = HFSampler(show_progress=False).sample(model, tokenizer, [prompt], 8192, params)[0]
+    counts = torch.zeros(len(names), dtype=torch.long)
+    for completion in samples:
+        counts[names.index(completion.text)] += 1
+    assert expected.max() < 0.5  # a spread-out distribution, not a near-greedy one
+    _within_sampling_error(counts, expected)
