@@ -8,7 +8,8 @@ Methods, on the same model, prompts, n, temperature and max new tokens, tokens c
 - batched: one `generate` over all prompts x n rows (left-padded);
 - static: `generate(cache_implementation="static")`, compiled with `--compile` (CUDA only);
 - HFSampler: this library.
-Each method runs once to warm up at the timed shape, then `--repeats` times; the best run is shown.
+Each method runs once to warm up at the timed shape, then the methods take turns `--repeats` times (so a
+slow spell of a shared machine hits them alike); the best run of each is shown.
 """
 
 from __future__ import annotations
@@ -91,17 +92,13 @@ def ours(model, tokenizer, prompts, n, max_new, sampler=None):
     return sum(c.n_tokens for cs in out for c in cs)
 
 
-def timed(fn, repeats: int, sync) -> tuple[float, int]:
-    """(best tokens/s, tokens of that run) after one warm-up call at the timed shape."""
-    fn()
-    runs = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        tokens = fn()
-        sync()
-        runs.append((tokens / (time.perf_counter() - start), tokens))
-    return max(runs)
+def timed(fn, sync) -> tuple[float, int]:
+    """(tokens/s, tokens) of one call."""
+    sync()
+    start = time.perf_counter()
+    tokens = fn()
+    sync()
+    return tokens / (time.perf_counter() - start), tokens
 
 
 def main() -> None:
@@ -113,7 +110,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="compile the static-cache generate (CUDA)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (naive is slow on big models)")
     ns = parser.parse_args()
@@ -152,16 +149,22 @@ def main() -> None:
         methods["HFSampler compile=True"] = lambda: ours(model, tokenizer, prompts, ns.n, ns.max_new_tokens, compiled)
     if not ns.compile:
         model.generation_config.disable_compile = True
-    rates = {}
+    runnable = {}
     for name, fn in methods.items():
-        if any(name.startswith(s) for s in ns.skip):
+        if any(name.startswith(skip) for skip in ns.skip):
             continue
         try:
-            rate, tokens = timed(fn, ns.repeats, sync)
+            fn()  # warm-up at the timed shape
         except Exception as err:  # e.g. a static cache this transformers build cannot do on this device
             print(f"  {name:<38} failed: {type(err).__name__}: {str(err).splitlines()[0][:100]}")
             continue
-        rates[name] = rate
+        runnable[name] = fn
+    best: dict[str, tuple[float, int]] = {}
+    for _ in range(ns.repeats):
+        for name, fn in runnable.items():
+            best[name] = max(best.get(name, (0.0, 0)), timed(fn, sync))
+    rates = {name: rate for name, (rate, _) in best.items()}
+    for name, (rate, tokens) in best.items():
         print(f"  {name:<38} {rate:>10,.0f} tok/s   ({tokens} tokens)")
     for mine in [name for name in rates if name.startswith("HFSampler")]:
         for name, rate in rates.items():
