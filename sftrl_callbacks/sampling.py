@@ -122,11 +122,12 @@ class HFSampler:
     group's samples fit in it.
 
     `static=True` decodes with fixed shapes: attention over the whole preallocated cache under a
-    prepared mask, the write position a device tensor, the batch shrunk only to powers of two. That is
-    what CUDA graphs need; `compile=True` (implies `static`) wraps the decode step in
-    `torch.compile(mode="reduce-overhead")` on CUDA. Both are opt-in and **not yet measured on a GPU**;
-    on a CPU they are slower than the default (attention over the whole buffer), and only `static` is
-    tested (greedy output identical to `generate`).
+    prepared mask, the write position a device tensor, the batch shrunk only to powers of two, every
+    buffer at one address for the whole call. That is what CUDA graphs need; `compile=True` (implies
+    `static`) wraps the decode step in `torch.compile(mode="reduce-overhead")` on CUDA (inductor's
+    default mode elsewhere). Both are opt-in and **not yet run on a GPU**; on a CPU they are slower than
+    the default (attention over the whole buffer). Tested on CPU: greedy output identical to `generate`
+    (static) and to the default (compiled), and the fixed addresses.
     """
 
     def __init__(
@@ -283,8 +284,11 @@ class _GrowingStep:
 
 
 class _StaticStep(_GrowingStep):
-    """One decode forward per token with fixed shapes (see `HFSampler`): every tensor the forward reads
-    keeps its shape and address between tokens, and the batch only shrinks to a power of two."""
+    """One decode forward per token with fixed shapes (see `HFSampler`): the batch only shrinks to a power
+    of two, and every tensor the forward reads keeps its address for the whole call, because dropping rows
+    moves the kept ones to the front of the same buffers. CUDA graphs replay against fixed addresses; a
+    compiled step also marks the buffers static, so that a graph reads them in place rather than copying
+    them in at every token."""
 
     def __init__(self, model, cache, cache_arg, attention, next_position, width, forward=None) -> None:
         super().__init__(model, cache, cache_arg, attention, next_position, width)
@@ -308,6 +312,8 @@ class _StaticStep(_GrowingStep):
         self.mask[:, 0, 0, :width] = torch.where(attention[:, :width] > 0, 0.0, torch.finfo(dtype).min)
         self.position = self.position[:, None].clone()
         self.forward = forward or _static_forward
+        self.mark_static = forward is not None
+        self._mark_static()
 
     def rows_to_keep(self, done: torch.Tensor, n_done: int) -> torch.Tensor | None:
         remaining = len(done) - n_done
@@ -318,8 +324,19 @@ class _StaticStep(_GrowingStep):
         return torch.cat([running, finished[: bucket - remaining]])  # finished rows fill the bucket
 
     def select(self, keep: torch.Tensor) -> None:
-        self.cache.batch_select_indices(keep)
-        self.mask, self.position = self.mask[keep], self.position[keep]
+        self.cache.batch_select_indices(keep)  # in place: see _PreallocatedLayer.batch_select_indices
+        self.mask, self.position = _compact(self.mask, keep), _compact(self.position, keep)
+        self._mark_static()
+
+    def _mark_static(self) -> None:
+        if not self.mark_static:
+            return
+        # guard=False: a new address (the next call's buffers) re-records the graphs instead of recompiling.
+        for layer in self.cache.layers:
+            torch._dynamo.mark_static_address(layer._k, guard=False)
+            torch._dynamo.mark_static_address(layer._v, guard=False)
+        torch._dynamo.mark_static_address(self.mask, guard=False)
+        torch._dynamo.mark_static_address(self.position, guard=False)
 
     def __call__(self, tokens: torch.Tensor, t: int) -> torch.Tensor:
         self.mask[:, 0, 0, self.width + t] = 0.0  # the new token sees itself
@@ -404,8 +421,17 @@ class _PreallocatedLayer(DynamicLayer):
         return self._len
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._k, self._v = self._k[indices], self._v[indices]
+        if self.write_at is not None:  # static decoding: the buffers keep their addresses (see _StaticStep)
+            self._k, self._v = _compact(self._k, indices), _compact(self._v, indices)
+        else:
+            self._k, self._v = self._k[indices], self._v[indices]
         self._views()
+
+
+def _compact(buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`buffer[rows]`, written over the front of `buffer` itself: the result starts at the same address."""
+    buffer[: len(rows)] = buffer[rows]  # the gather is copied out first, so overlapping rows are safe
+    return buffer[: len(rows)]
 
 
 def _preallocate(cache: DynamicCache, rows: torch.Tensor, extra: int, zeroed: bool) -> None:

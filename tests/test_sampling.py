@@ -167,3 +167,39 @@ def test_first_sampled_token_follows_the_model(tokenizer, splits):
         counts[names.index(completion.text)] += 1
     assert expected.max() < 0.5  # a spread-out distribution, not a near-greedy one
     _within_sampling_error(counts, expected)
+
+
+def test_static_decoding_keeps_every_buffer_at_one_address(trained, tokenizer, splits):
+    """Rows leave the batch by moving the kept ones to the front of the same buffers, so the KV cache and
+    the mask the decode forward reads start at one address for the whole call (what CUDA graphs need)."""
+    from sftrl_callbacks.sampling import _PreallocatedLayer
+
+    seen = []
+
+    def record(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache.layers and isinstance(cache.layers[0], _PreallocatedLayer):  # a decode step, not the prefill
+            keys = cache.layers[0]._k
+            seen.append((len(keys), keys.data_ptr(), kwargs["attention_mask"].data_ptr()))
+
+    handle = trained.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        prompts = list(splits.heldout_problems["prompt"][:4])
+        out = HFSampler(static=True).sample(trained, tokenizer, prompts, 16, SamplingParams(max_new_tokens=40))
+    finally:
+        handle.remove()
+    assert [len(c) for c in out] == [16] * 4
+    batch_sizes, cache_addresses, mask_addresses = (set(column) for column in zip(*seen))
+    assert len(batch_sizes) > 1  # rows did leave the batch
+    assert len(cache_addresses) == 1 and len(mask_addresses) == 1
+
+
+@pytest.mark.slow
+def test_compiled_static_decoding_matches_the_default_greedy_output(trained, tokenizer, splits):
+    """compile=True (torch.compile of the decode step; inductor on CPU here, CUDA graphs on a GPU)."""
+    prompts = list(splits.heldout_problems["prompt"][:6])
+    params = SamplingParams(max_new_tokens=40, temperature=0)
+    reference = HFSampler().sample(trained, tokenizer, prompts, 3, params)
+    compiled = HFSampler(compile=True)
+    assert compiled.sample(trained, tokenizer, prompts, 3, params) == reference
+    assert compiled.sample(trained, tokenizer, prompts, 3, params) == reference  # compiled once, used again
