@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
+from transformers.generation.stopping_criteria import StopStringCriteria
 
 from .checks import check_types, require
 from .distributed import no_grad_for
@@ -204,8 +205,8 @@ class HFSampler:
         rows = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(counts, device=device))
         _preallocate(cache, rows, params.max_new_tokens, zeroed=self.static)
         total, width, max_new = len(rows), ids.shape[1], params.max_new_tokens
-        # Everything per token stays on the device: the tokens go into one buffer, EOS is a tensor test, and
-        # the host looks (one sync) only every `sync_every` tokens, to drop finished rows and check stop strings.
+        # Everything per token stays on the device: the tokens go into one buffer, EOS and stop strings are
+        # tensor tests, and the host looks (one sync) only every `sync_every` tokens, to drop finished rows.
         attention = prompt_mask.new_zeros((total, width + max_new))
         attention[:, :width] = prompt_mask[rows]
         logits = logits[rows]
@@ -219,20 +220,27 @@ class HFSampler:
         live = torch.arange(total, device=device)  # output row of each row still in the batch
         live_done = torch.zeros(total, dtype=torch.bool, device=device)
         eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
-        stops = _StopStrings(tokenizer, params.stop_strings)
+        # Stop strings: transformers' StopStringCriteria, a tensor test of whether a stop string ends in the
+        # last token (whatever the tokens it spans), precomputed once per vocabulary and strings.
+        stops = StopStringCriteria(tokenizer, list(params.stop_strings)) if params.stop_strings else None
         sync_every = 4
         for t in range(max_new):
             tokens = _pick_tokens(logits, params, generator)
             out[live, t] = tokens
-            ended = torch.isin(tokens, eos) & ~live_done
-            length[live] = torch.where(ended, t, length[live])  # index writes: no host sync
+            at_eos = torch.isin(tokens, eos) & ~live_done
+            new_length = torch.where(at_eos, t, length[live])  # EOS itself is not part of the completion
+            ended = at_eos
+            if stops is not None:
+                window = out[live, max(0, t + 1 - stops.maximum_token_len) : t + 1]
+                at_stop = stops(window, None) & ~live_done & ~at_eos
+                new_length = torch.where(at_stop, t + 1, new_length)  # the stop string is kept
+                ended = at_eos | at_stop
+            length[live] = new_length  # index writes: no host sync
             finished[live] |= ended
             live_done |= ended
             if t == max_new - 1:
                 break
             if (t + 1) % sync_every == 0:
-                if stops:
-                    live_done |= stops.check(out, length, finished, live, live_done, t + 1)
                 n_done = int(live_done.sum())
                 if n_done == len(live):
                     break
@@ -241,8 +249,6 @@ class HFSampler:
                     step.select(keep)
                     tokens, live, live_done = tokens[keep], live[keep], live_done[keep]
             logits = step(tokens, t)
-        if stops:
-            stops.check(out, length, finished, live, live_done, t + 1)
 
         results: list[list[Completion]] = [[] for _ in prompts]
         for generated, n, ended, prompt_index in zip(out.tolist(), length.tolist(), finished.tolist(), rows.tolist()):
@@ -351,33 +357,6 @@ def _static_forward(model, cache_arg: str, cache, tokens, mask, position) -> tor
     return model(
         input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache_arg: cache}
     ).logits[:, -1]
-
-
-class _StopStrings:
-    """Finds completions that contain a stop string: on the host, only for rows still running."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]) -> None:
-        self.tokenizer, self.stop_strings = tokenizer, tuple(stop_strings)
-
-    def __bool__(self) -> bool:
-        return bool(self.stop_strings)
-
-    def _contains(self, tokens: list[int]) -> bool:
-        text = self.tokenizer.decode(tokens)
-        return any(stop in text for stop in self.stop_strings)
-
-    def check(self, out, length, finished, live, live_done, generated: int) -> torch.Tensor:
-        """Mark live rows whose first `generated` tokens contain a stop string; their length becomes the
-        fewest tokens that contain it. Returns the rows found, as a mask over the live rows."""
-        running = (~live_done).nonzero().squeeze(-1).tolist()
-        rows = live[running].tolist()
-        found = torch.zeros_like(live_done)
-        for i, row, tokens in zip(running, rows, out[rows, :generated].tolist()):
-            if self._contains(tokens):
-                length[row] = next(n for n in range(1, generated + 1) if self._contains(tokens[:n]))
-                finished[row] = True
-                found[i] = True
-        return found
 
 
 class _PreallocatedLayer(DynamicLayer):

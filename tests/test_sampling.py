@@ -203,3 +203,22 @@ def test_compiled_static_decoding_matches_the_default_greedy_output(trained, tok
     compiled = HFSampler(compile=True)
     assert compiled.sample(trained, tokenizer, prompts, 3, params) == reference
     assert compiled.sample(trained, tokenizer, prompts, 3, params) == reference  # compiled once, used again
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_sampled_completions_stop_at_the_first_stop_string(trained, tokenizer, splits, static):
+    """Stop strings that span tokens, found on the device at every token: a completion that contains one
+    ends right there (its tokens are the fewest that contain it), and one without a stop string never had one."""
+    stops = ("=1", "+2", ";")
+    prompts = list(splits.heldout_problems["prompt"][:4])
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, stop_strings=stops, seed=1)
+    out = HFSampler(static=static).sample(trained, tokenizer, prompts, 32, params)
+    stopped = 0
+    for completion in (c for completions in out for c in completions):
+        hits = [completion.text.find(s) + len(s) for s in stops if s in completion.text]
+        if not hits:
+            continue
+        stopped += 1
+        assert min(hits) == len(completion.text) and not completion.truncated
+        assert completion.n_tokens == len(tokenizer(completion.text, add_special_tokens=False)["input_ids"])
+    assert stopped >= 32  # the stop strings were hit often enough to mean something
