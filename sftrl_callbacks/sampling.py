@@ -144,6 +144,7 @@ class HFSampler:
         self.show_progress = show_progress
         self.static = static or compile
         self._forward = None
+        self._stops: tuple | None = None  # (tokenizer, stop strings, their StopStringCriteria) of the last call
         if compile:  # compiled once per sampler; the shapes it sees are the powers of two of the batch
             mode = "reduce-overhead" if torch.cuda.is_available() else "default"
             self._forward = torch.compile(_static_forward, mode=mode, dynamic=False)
@@ -220,9 +221,7 @@ class HFSampler:
         live = torch.arange(total, device=device)  # output row of each row still in the batch
         live_done = torch.zeros(total, dtype=torch.bool, device=device)
         eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
-        # Stop strings: transformers' StopStringCriteria, a tensor test of whether a stop string ends in the
-        # last token (whatever the tokens it spans), precomputed once per vocabulary and strings.
-        stops = StopStringCriteria(tokenizer, list(params.stop_strings)) if params.stop_strings else None
+        stops = self._stop_criteria(tokenizer, params.stop_strings)
         sync_every = 4
         for t in range(max_new):
             tokens = _pick_tokens(logits, params, generator)
@@ -259,6 +258,15 @@ class HFSampler:
                     text = text[: cut + len(stop)]
             results[prompt_index].append(Completion(text=text, n_tokens=n, truncated=not ended))
         return results
+
+    def _stop_criteria(self, tokenizer, stop_strings: tuple[str, ...]) -> StopStringCriteria | None:
+        """transformers' StopStringCriteria: a tensor test of whether a stop string ends in the last token,
+        whatever tokens it spans. Building it reads the whole vocabulary, so it is kept for the next call."""
+        if not stop_strings:
+            return None
+        if self._stops is None or self._stops[0] is not tokenizer or self._stops[1] != stop_strings:
+            self._stops = (tokenizer, stop_strings, StopStringCriteria(tokenizer, list(stop_strings)))
+        return self._stops[2]
 
 
 class _GrowingStep:
