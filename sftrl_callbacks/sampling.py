@@ -345,7 +345,8 @@ class _StaticStep(_GrowingStep):
     def _mark_static(self) -> None:
         if not self.mark_static:
             return
-        # guard=False: a new address (the next call's buffers) re-records the graphs instead of recompiling.
+        # guard=False: the next call's buffers, at new addresses, do not recompile (graphs are then expected to
+        # be re-recorded; not run on a GPU).
         for layer in self.cache.layers:
             torch._dynamo.mark_static_address(layer._k, guard=False)
             torch._dynamo.mark_static_address(layer._v, guard=False)
