@@ -101,7 +101,10 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 def _stats(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     coef = _fit(x, y)
     pred = _predict(coef, x)
-    rho = stats.spearmanr(pred, y).statistic if len(y) > 2 else float("nan")
+    # A rank correlation is undefined for fewer than 3 points or a constant side (e.g. a feature that
+    # did not vary across the runs): NaN, without scipy's warning.
+    defined = len(y) > 2 and np.ptp(pred) > 0 and np.ptp(y) > 0
+    rho = stats.spearmanr(pred, y).statistic if defined else float("nan")
     regret = float(y.max() - y[int(np.argmax(pred))])
     return _r2(y, pred), float(rho), regret
 

@@ -57,6 +57,19 @@ def test_exact_linear_signal_gives_r2_one():
     assert fit.regret == 0.0
 
 
+def test_rank_correlation_of_a_constant_side_is_nan_without_a_warning():
+    """Bootstrap resamples of few runs often repeat one run, so one side can be constant."""
+    import warnings
+
+    from sftrl_callbacks.predict import _stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns on a constant input; the fit must not ask it
+        r2, rho, regret = _stats(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 0.5, 0.5, 0.5]))
+        assert np.isnan(rho) and np.isnan(r2) and regret == 0.0
+        assert np.isnan(_stats(np.array([2.0, 2.0, 2.0]), np.array([0.1, 0.2, 0.3]))[1])
+
+
 def test_bad_tables():
     with pytest.raises(ValueError, match="target"):
         fit_table([{"a": 1}], "post_rl")
