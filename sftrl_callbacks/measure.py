@@ -236,6 +236,8 @@ def measure_pass_at_k(
 
     With a `shard` of several ranks the problems are split across them and the counts gathered: every
     rank returns the whole result (see `_Draw.round` for why it does not depend on the number of ranks).
+    Under DeepSpeed ZeRO-3 give it the engine's optimizer, `current_shard(engine.optimizer)`, so that sampling
+    can gather the parameters once (see `sftrl_callbacks.distributed`).
     """
     check_problems(problems, config, dataset_name)
     sampler = sampler or HFSampler()
