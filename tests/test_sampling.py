@@ -222,3 +222,66 @@ def test_sampled_completions_stop_at_the_first_stop_string(trained, tokenizer, s
         assert min(hits) == len(completion.text) and not completion.truncated
         assert completion.n_tokens == len(tokenizer(completion.text, add_special_tokens=False)["input_ids"])
     assert stopped >= 32  # the stop strings were hit often enough to mean something
+
+
+def _byte_level_bpe(splits):
+    """A GPT-2-style byte-level BPE tokenizer (as Llama 3, Qwen and Mistral use) trained here on toy text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator([r["prompt"] + r["completion"] for r in splits.train], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<pad>")
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_stop_strings_across_byte_level_bpe_tokens_match_generate(splits, static):
+    """Greedy, so the tokens are `generate`'s: a completion stops at the first token whose text completes a
+    stop string (here strings that start inside one multi-character token and end in another) and keeps
+    exactly the text up to it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _byte_level_bpe(splits)
+    assert "Ġ12" in tokenizer.convert_ids_to_tokens(tokenizer(" 12+3")["input_ids"])  # multi-character tokens
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    prompts = list(splits.heldout_problems["prompt"][:4])
+    generated = []
+    for prompt in prompts:
+        enc = tokenizer(prompt, return_tensors="pt")
+        generated.append(model.generate(**enc, max_new_tokens=30, do_sample=False)[0, enc["input_ids"].shape[1] :])
+    # A stop string per prompt from its own greedy output: the last character of one token and the first of
+    # the next, where both are printable and one is several characters long.
+    stops = []
+    for ids in generated:
+        pieces = [tokenizer.decode([t]) for t in ids]
+        for a, b in zip(pieces, pieces[1:]):
+            if a.isprintable() and b.isprintable() and a.isascii() and b.isascii() and max(len(a), len(b)) > 1:
+                stops.append(a[-1] + b[0])
+                break
+    assert len(stops) >= 2, stops
+    params = SamplingParams(max_new_tokens=30, temperature=0, stop_strings=tuple(stops))
+    ours = HFSampler(static=static).sample(model, tokenizer, prompts, 1, params)
+    for ids, [completion] in zip(generated, ours):
+        texts = [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(1, 31)]
+        k = next((k for k, text in enumerate(texts, 1) if any(s in text for s in stops)), None)
+        if k is None:  # no stop string in 30 tokens
+            assert (completion.text, completion.n_tokens, completion.truncated) == (texts[-1], 30, True)
+            continue
+        end = min(texts[k - 1].find(s) + len(s) for s in stops if s in texts[k - 1])
+        assert (completion.text, completion.n_tokens, completion.truncated) == (texts[k - 1][:end], k, False)
