@@ -181,11 +181,11 @@ def _zero3_whole(model: torch.nn.Module, optimizer: Any) -> contextlib.AbstractC
     stage3 = optimizer
     while stage3 is not None and not hasattr(stage3, "parameter_offload"):
         stage3 = getattr(stage3, "optimizer", None)  # accelerate's DeepSpeedOptimizerWrapper wraps the engine's
+    if stage3 is None:
+        return None
     try:
         from deepspeed.runtime.zero import unwrap_model_for_generation
     except ImportError:  # a DeepSpeed without it: keep the forwards in step
-        return None
-    if stage3 is None:
         return None
     # The function reads `.optimizer` and `.parameters()` of the engine; callbacks hold the module instead.
     engine_view = SimpleNamespace(optimizer=stage3, parameters=stage3.parameter_offload.module.parameters)

@@ -97,7 +97,6 @@ def main(out: str, zero3: bool = False) -> None:
         "dynamic": {r.step: {"n": r.n, "c": r.c, "examples": r.examples} for r in dynamic.results["dyn"]},
         "optimizer": [type(trainer.optimizer).__name__, type(getattr(trainer.optimizer, "optimizer", None)).__name__],
         "hooked_modules": sampler.hooked_modules,
-        "modules": len(list(trainer.model.modules())),
         "errors": loss.errors + passk.errors + dynamic.errors + readiness.errors,
         "checkpoints": readiness.checkpoints,
     }
