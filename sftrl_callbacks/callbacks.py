@@ -27,7 +27,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from . import readiness
 from .background import BackgroundPassAtK
-from .checkpoints import protect
+from .checkpoints import protect, saves_only_deepspeed_shards
 from .checks import check_types, require
 from .distributed import Shard, current_shard
 from .heldout import examples_from_trainer_args, heldout_loss
@@ -491,6 +491,12 @@ class PassAtKCallback(_ScheduledMonitor):
                 "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "
                 "(the default) or run `sftrl eval --watch` beside the training."
             )
+        if self.config.background and saves_only_deepspeed_shards(args):
+            raise ValueError(
+                "PassAtKCallback(background=True) loads each saved checkpoint's weights, but under DeepSpeed ZeRO-3 "
+                "without stage3_gather_16bit_weights_on_model_save the checkpoints hold only DeepSpeed's shards: set "
+                "it to true in the DeepSpeed config, or measure in the training process (background=False)."
+            )
         if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
             raise ValueError(
                 "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
@@ -826,6 +832,13 @@ class RLReadinessCallback(_MonitorCallback):
                 )
         if args.save_strategy == "no":
             logger.warning("sftrl RLReadinessCallback: save_strategy='no': no checkpoint to rank, no rl_start.json.")
+        elif saves_only_deepspeed_shards(args):
+            logger.warning(
+                "sftrl RLReadinessCallback: DeepSpeed ZeRO-3 without stage3_gather_16bit_weights_on_model_save: the "
+                "checkpoints (and the RL-start one) will hold DeepSpeed's shards, not model weights; an RL trainer "
+                "needs them converted with the zero_to_fp32.py saved beside them. Set it to true in the DeepSpeed "
+                "config to save loadable weights."
+            )
 
     def _on_record(self, source: TrainerCallback, record: Record) -> None:
         if self.watch is None or source in self.watch:

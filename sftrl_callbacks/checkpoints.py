@@ -1,9 +1,11 @@
-"""Keeping the chosen RL-start checkpoint out of reach of `save_total_limit` rotation."""
+"""Keeping the chosen RL-start checkpoint out of reach of `save_total_limit` rotation, and knowing
+whether checkpoints hold loadable weights at all."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 
 def link_copy(source: str, target: str) -> None:
@@ -42,3 +44,13 @@ def protect(checkpoint: str, snapshot_dir: str) -> str:
         if old != name:
             shutil.rmtree(os.path.join(snapshot_dir, old), ignore_errors=True)
     return os.path.abspath(target)
+
+
+def saves_only_deepspeed_shards(args: Any) -> bool:
+    """True when the trainer's checkpoints will hold no model weights: under DeepSpeed ZeRO-3, HF `Trainer`
+    writes `model.safetensors` only with `stage3_gather_16bit_weights_on_model_save`; otherwise a checkpoint
+    holds DeepSpeed's shards, which `zero_to_fp32.py` (saved beside them) turns into weights."""
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is None or not config.is_zero3():
+        return False
+    return not config.get_value("zero_optimization.stage3_gather_16bit_weights_on_model_save", False)

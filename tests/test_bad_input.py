@@ -336,6 +336,37 @@ def test_plain_trainer_without_tokenizer_fails_at_train_start(tmp_path, tokenize
             trainer.train()
 
 
+def test_zero3_checkpoints_without_weights_are_refused_for_background_and_flagged(tmp_path, tokenizer, splits, caplog):
+    """Under DeepSpeed ZeRO-3, HF Trainer saves model weights only with stage3_gather_16bit_weights_on_model_save."""
+    pytest.importorskip("deepspeed")
+    from transformers import TrainerControl, TrainerState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from sftrl_callbacks.checkpoints import saves_only_deepspeed_shards
+    from sftrl_callbacks.demo import toy_sft_config
+
+    def zero3(gather: bool) -> dict:
+        batch_keys = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
+        auto = {key: "auto" for key in batch_keys}
+        return {**auto, "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": gather}}
+
+    try:
+        assert not saves_only_deepspeed_shards(toy_sft_config(str(tmp_path / "a"), 4, []))
+        assert not saves_only_deepspeed_shards(toy_sft_config(str(tmp_path / "b"), 4, [], deepspeed=zero3(True)))
+        args = toy_sft_config(str(tmp_path / "c"), 4, [], deepspeed=zero3(False))
+        assert saves_only_deepspeed_shards(args)
+        background = PassAtKCallback(splits.heldout_problems, verifier="toy-steps", n=4, background=True)
+        with pytest.raises(ValueError, match="hold only DeepSpeed's shards: set it to true"):
+            background.on_train_begin(args, TrainerState(), TrainerControl(), processing_class=tokenizer)
+        readiness, state, control = RLReadinessCallback(), TrainerState(), TrainerControl()
+        with caplog.at_level(logging.WARNING):
+            readiness.on_train_begin(args, state, control, processing_class=tokenizer)
+            readiness.on_step_begin(args, state, control)  # where it checks what the run is made of
+        assert "hold DeepSpeed's shards, not model weights" in caplog.text and "zero_to_fp32.py" in caplog.text
+    finally:
+        unset_hf_deepspeed_config()  # the config registers itself globally: model loading elsewhere would see ZeRO-3
+
+
 # -- at the first measurement: what only the measurements can tell ----------------------------------
 @pytest.mark.parametrize("strict", [False, True])
 def test_trainer_eval_loss_set_typo_is_an_error_at_the_first_measurement(tmp_path, tokenizer, splits, caplog, strict):
