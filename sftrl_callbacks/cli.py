@@ -67,6 +67,13 @@ def _check_checkpoint(path: str) -> bool:
     if not files:
         raise ValueError(f"{path} is empty: give a checkpoint folder")
     if "config.json" in files:
+        weights = any(f.endswith(".safetensors") or f.startswith("pytorch_model") for f in files)
+        if not weights and "zero_to_fp32.py" in files:
+            raise ValueError(
+                f"{path} holds DeepSpeed ZeRO-3 shards, not model weights (saved without "
+                "stage3_gather_16bit_weights_on_model_save): convert them with the zero_to_fp32.py in it, or set "
+                "that option to true in the DeepSpeed config"
+            )
         return False
     if "adapter_config.json" in files:
         return True

@@ -420,6 +420,10 @@ def cli_files(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "checkpoint-5")
     model.save_pretrained(root / "no-tokenizer")
     (root / "empty").mkdir()
+    shards = root / "zero3-shards"  # what HF Trainer saves under ZeRO-3 without gathering the weights
+    (shards / "global_step5").mkdir(parents=True)
+    for name in ("config.json", "latest", "zero_to_fp32.py"):
+        (shards / name).write_text(r"{}" if name == "config.json" else "")
     (root / "run" / "sftrl").mkdir(parents=True)
     (root / "adapter").mkdir()
     (root / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "org/base-8b"}')
@@ -442,6 +446,7 @@ CLI = {
     "eval-empty-folder": (lambda r: _eval(r, "empty"), "is empty: give a checkpoint folder"),
     "eval-not-a-checkpoint": (lambda r: _eval(r, "run"), "has no config.json: not a saved model"),
     "eval-lora-adapter": (lambda r: _eval(r, "adapter"), "adapter"),
+    "eval-zero3-shards": (lambda r: _eval(r, "zero3-shards"), "holds DeepSpeed ZeRO-3 shards, not model weights"),
     "eval-no-tokenizer": (lambda r: _eval(r, "no-tokenizer"), "no-tokenizer: no tokenizer could be loaded"),
     "eval-problems-missing": (
         lambda r: ["eval", str(r / "checkpoint-5"), "--problems", str(r / "nope.jsonl")],
