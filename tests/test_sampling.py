@@ -51,6 +51,25 @@ def test_chat_prompts_use_the_template(trained, tokenizer):
     assert plain == chat
 
 
+def _tiny_config_fields(tokenizer, **overrides) -> dict:
+    """Config fields of a tiny random decoder (2 layers, hidden 64) for `tokenizer`'s vocabulary."""
+    return (
+        dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        | overrides
+    )
+
+
 def _family_models(tokenizer):
     """Tiny random Qwen2-, Qwen3- and Mistral-style models (grouped-query attention; Mistral with a
     sliding window shorter than the sequences) and the toy Llama wrapped in a LoRA adapter."""
@@ -65,18 +84,7 @@ def _family_models(tokenizer):
 
     from sftrl_callbacks.toy import build_model
 
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    common = _tiny_config_fields(tokenizer, num_key_value_heads=2)
     builders = {
         "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
         "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)),
@@ -248,18 +256,8 @@ def test_stop_strings_across_byte_level_bpe_tokens_match_generate(splits, static
 
     tokenizer = _byte_level_bpe(splits)
     assert "Ġ12" in tokenizer.convert_ids_to_tokens(tokenizer(" 12+3")["input_ids"])  # multi-character tokens
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(LlamaConfig(**_tiny_config_fields(tokenizer))).eval()
     prompts = list(splits.heldout_problems["prompt"][:4])
     generated = []
     for prompt in prompts:
