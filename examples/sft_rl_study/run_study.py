@@ -141,18 +141,12 @@ def _init_worker(threads: int) -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device: str) -> dict:
-    """One SFT run with the three callbacks; its saved checkpoints are the candidates."""
-    from trl import SFTTrainer
+def sft_data(regime: str, sft_seed: int, heldout: set[str]):
+    """The SFT rows of one run: the regime's size and step mix, drawn by the SFT seed, held-out prompts left out."""
+    from sftrl_callbacks.toy import make_splits
 
-    from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
-    from sftrl_callbacks.demo import toy_sft_config
-    from sftrl_callbacks.toy import StepVerifier, build_model, make_splits
-
-    t0 = time.time()
-    tokenizer, heldout_sft, problems, _, heldout = world(settings)
     rows, weights = REGIMES[regime]
-    data = make_splits(
+    return make_splits(
         n_train=rows,
         train_steps=tuple(range(1, len(weights) + 1)),
         train_weights=weights,
@@ -161,6 +155,20 @@ def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device
         seed=1000 + sft_seed,  # the SFT seed draws the data too
         exclude=heldout,
     )
+
+
+def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device: str) -> dict:
+    """One SFT run with the three callbacks; its saved checkpoints are the candidates."""
+    from trl import SFTTrainer
+
+    from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+    from sftrl_callbacks.demo import toy_sft_config
+    from sftrl_callbacks.toy import StepVerifier, build_model
+
+    t0 = time.time()
+    tokenizer, heldout_sft, problems, _, heldout = world(settings)
+    rows, weights = REGIMES[regime]
+    data = sft_data(regime, sft_seed, heldout)
     model = build_model(tokenizer, seed=sft_seed)
     loss_cb = HeldOutLossCallback({"heldout": heldout_sft}, every_n_steps=max(1, settings.save_every // 3))
     passk_cb = PassAtKCallback(

@@ -193,7 +193,8 @@ def make_splits(
     exclude = set(exclude or ())
     heldout = task.problems(n_heldout_sft + n_heldout_problems, heldout_steps, exclude=exclude, unique=True)
     heldout_sft, heldout_problems = heldout[:n_heldout_sft], heldout[n_heldout_sft:]
-    train = task.problems(n_train, train_steps, train_weights, exclude={p.prompt for p in heldout}, unique=unique_train)
+    exclude |= {p.prompt for p in heldout}
+    train = task.problems(n_train, train_steps, train_weights, exclude=exclude, unique=unique_train)
     return ToySplits(
         train=to_dataset(train, fmt),
         heldout_sft=to_dataset(heldout_sft, fmt),
