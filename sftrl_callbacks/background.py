@@ -6,6 +6,10 @@ under the job), and a child process (`python -m sftrl_callbacks.background JOB.j
 `measure_pass_at_k`, the same code and config as in training, on `background_device`. Jobs run one at a
 time, in order; the callback collects finished ones at every step and at the end of training, and
 publishes them at the checkpoint's own step.
+
+The job samples with the trainer's own tokenizer, pickled at train start, not the checkpoint's: a tokenizer
+built in code can load back from a checkpoint as another one (`AutoTokenizer` may pick the model type's own
+class, which tokenizes differently), and the numbers would then be silently wrong.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -23,7 +28,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .checkpoints import link_copy
+from .checkpoints import link_copy, load_checkpoint
 from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k
 from .records import file_safe
 from .sinks import write_json_atomic
@@ -40,14 +45,17 @@ class BackgroundPassAtK:
         problems: Mapping[str, Dataset],
         verifier: str,
         config: PassAtKConfig,
+        tokenizer: Any,
         device: str = "cpu",
-        max_batch_rows: int = 1024,
     ) -> None:
         self.workdir, self.problems, self.verifier = workdir, dict(problems), verifier
-        self.config, self.device, self.max_batch_rows = config, device, max_batch_rows
+        self.config, self.device = config, device
         self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
         self._running: tuple[int, str, subprocess.Popen, float] | None = None
         self._problem_files: dict[str, str] | None = None
+        used = (ds[: config.num_problems or len(ds)] for ds in self.problems.values())
+        prompts = [prompt for rows in used for prompt in rows[config.prompt_column]]
+        self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(workdir, "tokenizer.pkl"))
 
     def submit(self, step: int, checkpoint: str) -> None:
         """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is)."""
@@ -107,10 +115,10 @@ class BackgroundPassAtK:
             "checkpoint": copy,
             "step": step,
             "problems": self._write_problems(),
+            "tokenizer": self._tokenizer_file,
             "verifier": self.verifier,
             "config": asdict(self.config),
             "device": self.device,
-            "max_batch_rows": self.max_batch_rows,
         }
         os.makedirs(os.path.join(copy, "sftrl"), exist_ok=True)
         job_path = os.path.join(copy, "sftrl", "background_job.json")
@@ -140,13 +148,39 @@ class BackgroundPassAtK:
         return os.path.join(copy, "sftrl", f"background_passk_{file_safe(name)}.json")
 
 
+def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
+    """Pickle `tokenizer` to `path` for the background process and return `path`, after checking that the copy
+    it will load renders, encodes and decodes `prompts` exactly as `tokenizer` does; a one-line ValueError
+    refusing background mode otherwise."""
+    from .sampling import render_prompts
+
+    refusal = "PassAtKCallback(background=True) cannot hand the trainer's tokenizer to its background process"
+    try:
+        data = pickle.dumps(tokenizer)
+        copy = pickle.loads(data)
+    except Exception as err:
+        kind = type(tokenizer).__name__
+        raise ValueError(f"{refusal}: pickling its {kind} failed ({err}); use background=False.") from err
+    ids, copied_ids = (t(render_prompts(t, prompts))["input_ids"] for t in (tokenizer, copy))
+    for prompt, a, b in zip(prompts, ids, copied_ids):
+        if a != b or tokenizer.decode(a) != copy.decode(b) or tokenizer.eos_token_id != copy.eos_token_id:
+            raise ValueError(
+                f"{refusal}: its pickled copy tokenizes prompt {prompt!r} differently ({a} vs {b}); use "
+                "background=False."
+            )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".partial", "wb") as f:
+        f.write(data)
+    os.replace(path + ".partial", path)
+    return path
+
+
 def run_job(job_path: str) -> None:
     """The child process: measure one checkpoint as the job file says."""
     import torch
     from datasets import disable_progress_bars, load_dataset
 
     from .callbacks import PassAtKCallbackConfig
-    from .cli import load_checkpoint
     from .sampling import HFSampler
     from .verifiers import make_verifier
 
@@ -157,8 +191,10 @@ def run_job(job_path: str) -> None:
         torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
     config = PassAtKCallbackConfig(**job["config"])
     verifier = make_verifier(job["verifier"], answer_column=config.answer_column)
-    model, tokenizer = load_checkpoint(job["checkpoint"], dtype="auto", device=job["device"])
-    sampler = HFSampler(max_batch_rows=job["max_batch_rows"], show_progress=False)
+    with open(job["tokenizer"], "rb") as f:
+        trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
+    model, tokenizer = load_checkpoint(job["checkpoint"], "auto", job["device"], tokenizer=trainer_tokenizer)
+    sampler = HFSampler(show_progress=False)
     for name, path in job["problems"].items():
         problems = load_dataset("json", data_files=path, split="train")
         result = measure_pass_at_k(model, tokenizer, problems, verifier, config, sampler, name, job["step"])

@@ -497,6 +497,11 @@ class PassAtKCallback(_ScheduledMonitor):
                 "without stage3_gather_16bit_weights_on_model_save the checkpoints hold only DeepSpeed's shards: set "
                 "it to true in the DeepSpeed config, or measure in the training process (background=False)."
             )
+        if self.config.background and self.background is None:
+            workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
+            self.background = BackgroundPassAtK(
+                workdir, self.problems, self.verifier_name, self.config, tokenizer, self.config.background_device
+            )
         if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
             raise ValueError(
                 "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
@@ -525,7 +530,7 @@ class PassAtKCallback(_ScheduledMonitor):
         """A resumed run measures again the checkpoints whose background jobs had not reported by its checkpoint."""
         steps, self._unfinished = self._unfinished, []
         for step in steps:
-            left = self._background_queue().copy_path(step)  # the stopped run's own copy, if still there
+            left = self.background.copy_path(step)  # the stopped run's own copy, if still there
             source = left if os.path.isdir(left) else self.hub.checkpoint_dir(step)
             if not os.path.isdir(source):
                 self.errors += 1
@@ -580,16 +585,8 @@ class PassAtKCallback(_ScheduledMonitor):
             self._safely("background pass@k", self._collect, self.background.wait)
             self.hub.merge_into_log(state, None)
 
-    def _background_queue(self) -> BackgroundPassAtK:
-        if self.background is None:
-            workdir = os.path.join(self.hub.output_dir, "sftrl", "background")
-            self.background = BackgroundPassAtK(
-                workdir, self.problems, self.verifier_name, self.config, self.config.background_device
-            )
-        return self.background
-
     def _submit(self, step: int, checkpoint: str | None = None) -> None:
-        self._background_queue().submit(step, checkpoint or self.hub.checkpoint_dir(step))
+        self.background.submit(step, checkpoint or self.hub.checkpoint_dir(step))
 
     def _collect(self, finished: Callable[[], list]) -> None:
         """Publish the jobs `finished()` returns, each at its checkpoint's step."""

@@ -1,11 +1,14 @@
-"""Keeping the chosen RL-start checkpoint out of reach of `save_total_limit` rotation, and knowing
-whether checkpoints hold loadable weights at all."""
+"""Saved checkpoints: loading them (offline, with one-line errors), keeping the chosen RL-start checkpoint out
+of reach of `save_total_limit` rotation, and knowing whether they hold loadable weights at all."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any
+
+from .checks import first_line
 
 
 def link_copy(source: str, target: str) -> None:
@@ -54,3 +57,67 @@ def saves_only_deepspeed_shards(args: Any) -> bool:
     if config is None or not config.is_zero3():
         return False
     return not config.get_value("zero_optimization.stage3_gather_16bit_weights_on_model_save", False)
+
+
+def check_checkpoint(path: str) -> bool:
+    """Refuse what is not a saved model, saying why; True for a PEFT adapter folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such folder")
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is a file: give a checkpoint folder (checkpoint-<step> or save_pretrained output)")
+    files = set(os.listdir(path))
+    if not files:
+        raise ValueError(f"{path} is empty: give a checkpoint folder")
+    if "config.json" in files:
+        weights = any(f.endswith(".safetensors") or f.startswith("pytorch_model") for f in files)
+        if not weights and "zero_to_fp32.py" in files:
+            raise ValueError(
+                f"{path} holds DeepSpeed ZeRO-3 shards, not model weights (saved without "
+                "stage3_gather_16bit_weights_on_model_save): convert them with the zero_to_fp32.py in it, or set "
+                "that option to true in the DeepSpeed config"
+            )
+        return False
+    if "adapter_config.json" in files:
+        return True
+    raise ValueError(
+        f"{path} has no config.json: not a saved model (a trainer's checkpoint-<step> folder or save_pretrained output)"
+    )
+
+
+def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None, tokenizer: Any = None):
+    """(model, tokenizer) of a saved checkpoint or PEFT adapter folder, offline, with one-line errors.
+
+    `dtype` is a torch dtype name or "auto" (as saved); `device` defaults to CUDA when there is one. Given a
+    `tokenizer`, it is returned as it is instead of the checkpoint's (a tokenizer built in code may not load
+    back as the same one: `AutoTokenizer` can pick the model type's own class)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loader, what = AutoModelForCausalLM, "model"
+    if check_checkpoint(path):
+        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
+            base = json.load(f).get("base_model_name_or_path")
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as err:
+            raise ValueError(
+                f"{path} is a PEFT (LoRA) adapter on {base!r}: install peft to evaluate it on its base model, "
+                "or merge it first (model.merge_and_unload().save_pretrained(...))"
+            ) from err
+        loader, what = AutoPeftModelForCausalLM, f"adapter or its base model {base!r}"
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"{path}: no tokenizer could be loaded ({first_line(err)}); save the tokenizer with the model "
+                "(the trainer does when it has processing_class=)"
+            ) from err
+    try:
+        model = loader.from_pretrained(
+            path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), local_files_only=True
+        )
+    except Exception as err:
+        raise ValueError(f"{path}: the {what} could not be loaded: {first_line(err)}") from err
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), tokenizer

@@ -63,3 +63,9 @@ def _describe(expected: Any) -> str:
         args = [a for a in typing.get_args(expected) if a is not Ellipsis]
         return f"a list of {_describe(args[0])}" if args else "a list"
     return getattr(expected, "__name__", str(expected))
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message (its type name when it has none): one-line errors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import os
 import re
 import sys
 import time
+
+from .checkpoints import check_checkpoint, load_checkpoint
+from .checks import first_line
+
+logger = logging.getLogger("sftrl_callbacks")
 
 
 def _demo(ns: argparse.Namespace) -> int:
@@ -53,69 +59,8 @@ def _load_rows(spec: str):
     try:
         rows = load_dataset(kind, data_files=path, split="train")
     except Exception as err:
-        raise ValueError(f"{path}: not readable as {ext.upper()}: {_first_line(err)}") from err
+        raise ValueError(f"{path}: not readable as {ext.upper()}: {first_line(err)}") from err
     return name or os.path.splitext(os.path.basename(path))[0], rows
-
-
-def _check_checkpoint(path: str) -> bool:
-    """Refuse what is not a saved model, saying why; True for a PEFT adapter folder."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such folder")
-    if not os.path.isdir(path):
-        raise ValueError(f"{path} is a file: give a checkpoint folder (checkpoint-<step> or save_pretrained output)")
-    files = set(os.listdir(path))
-    if not files:
-        raise ValueError(f"{path} is empty: give a checkpoint folder")
-    if "config.json" in files:
-        weights = any(f.endswith(".safetensors") or f.startswith("pytorch_model") for f in files)
-        if not weights and "zero_to_fp32.py" in files:
-            raise ValueError(
-                f"{path} holds DeepSpeed ZeRO-3 shards, not model weights (saved without "
-                "stage3_gather_16bit_weights_on_model_save): convert them with the zero_to_fp32.py in it, or set "
-                "that option to true in the DeepSpeed config"
-            )
-        return False
-    if "adapter_config.json" in files:
-        return True
-    raise ValueError(
-        f"{path} has no config.json: not a saved model (a trainer's checkpoint-<step> folder or save_pretrained output)"
-    )
-
-
-def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer) of a saved checkpoint or PEFT adapter folder, offline, with one-line errors.
-
-    `dtype` is a torch dtype name or "auto" (as saved); `device` defaults to CUDA when there is one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    loader, what = AutoModelForCausalLM, "model"
-    if _check_checkpoint(path):
-        with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
-            base = json.load(f).get("base_model_name_or_path")
-        try:
-            from peft import AutoPeftModelForCausalLM
-        except ImportError as err:
-            raise ValueError(
-                f"{path} is a PEFT (LoRA) adapter on {base!r}: install peft to evaluate it on its base model, "
-                "or merge it first (model.merge_and_unload().save_pretrained(...))"
-            ) from err
-        loader, what = AutoPeftModelForCausalLM, f"adapter or its base model {base!r}"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: no tokenizer could be loaded ({_first_line(err)}); save the tokenizer with the model "
-            "(the trainer does when it has processing_class=)"
-        ) from err
-    try:
-        model = loader.from_pretrained(
-            path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), local_files_only=True
-        )
-    except Exception as err:
-        raise ValueError(f"{path}: the {what} could not be loaded: {_first_line(err)}") from err
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device), tokenizer
 
 
 class _EvalInputs:
@@ -166,7 +111,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     from .heldout import heldout_loss, prepare_examples
     from .measure import measure_pass_at_k
     from .records import file_safe, heldout_name
-    from .sampling import HFSampler, pad_token_id
+    from .sampling import HFSampler, pad_token_id, prompts_that_change
     from .sinks import write_json_atomic
 
     inputs = inputs or _EvalInputs(ns)
@@ -180,6 +125,20 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
         out["metrics"][heldout_name(name, "loss")] = result.loss
     sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
     for name, rows in inputs.problems:
+        prompts = rows[: inputs.config.num_problems or len(rows)][inputs.config.prompt_column]
+        changed = prompts_that_change(tokenizer, prompts)
+        if changed:
+            logger.warning(
+                "sftrl eval: %s: the checkpoint's tokenizer (%s) does not give back %d of %d prompts of %r after "
+                "encoding and decoding (e.g. %r -> %r), so the model is sampled on other text than in training; "
+                "check that the tokenizer saved with the checkpoint loads back as the one the trainer used",
+                checkpoint,
+                type(tokenizer).__name__,
+                len(changed),
+                len(prompts),
+                name,
+                *changed[0],
+            )
         result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, sampler, name, step)
         result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
         out["metrics"].update(result.metrics())
@@ -195,7 +154,7 @@ def _eval(ns: argparse.Namespace) -> int:
     if ns.watch and not os.path.isdir(ns.watch):
         raise FileNotFoundError(f"--watch {ns.watch}: no such folder")
     for path in ns.checkpoints:
-        _check_checkpoint(path)
+        check_checkpoint(path)
     inputs = _EvalInputs(ns)
     done: set[str] = set()
 
@@ -283,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-rows",
         type=int,
         default=1024,
-        help="sequences sampled together (memory); the samples depend on it, so match the callback's sampler",
+        help="sequences sampled together (memory only: each problem's samples are seeded by the problem)",
     )
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.add_argument("--seed", type=int, default=0)
@@ -305,11 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
@@ -317,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # user mistakes and failures alike: one line, the traceback with --debug
         if ns.debug:
             raise
-        print(f"sftrl {ns.command}: error: {_first_line(err)}  (--debug shows the traceback)", file=sys.stderr)
+        print(f"sftrl {ns.command}: error: {first_line(err)}  (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -19,7 +19,7 @@ from .checks import check_types, require
 from .distributed import Shard
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
-from .sampling import HFSampler, Sampler, SamplingParams
+from .sampling import HFSampler, Sampler, SamplingParams, prompt_seeds
 from .sinks import write_json_atomic
 from .verifiers import GuardedVerifier, Verifier
 
@@ -254,7 +254,7 @@ def measure_pass_at_k(
     first = draw.round(0, list(range(len(rows))), [first_n] * len(rows))
     done = sorted(first)  # a time budget can leave problems out
     rows, tallies = [rows[i] for i in done], [first[i] for i in done]
-    draw.rows = rows  # later rounds index the problems kept
+    draw.rows, draw.ids = rows, [draw.ids[i] for i in done]  # later rounds index the problems kept
     counts_n = np.array([t.n for t in tallies], dtype=np.int64)
     counts_c = np.array([t.c for t in tallies], dtype=np.int64)
 
@@ -365,21 +365,27 @@ class _Draw:
     shard: Shard
     deadline: float | None
 
+    def __post_init__(self) -> None:
+        self.ids = list(range(len(self.rows)))  # each row's place in the measured set: its samples' seed
+
     def round(self, index: int, problems: list[int], counts: list[int]) -> dict[int, _Tally]:
         """`counts[j]` samples of problem `problems[j]`, from every rank: problem -> tally.
 
-        Problems go in chunks of one batched call each; chunk j is seeded by (seed, round, j) and drawn by
-        rank j % world, so the samples (and counts) do not depend on the number of ranks. A time budget
-        stops a rank between its chunks, after its first.
+        The problems are dealt to the ranks one by one (shares differ by at most one problem, whatever the
+        batch size), and each rank samples its share in chunks of one batched call. The samples of a problem
+        come from streams seeded by (seed, round, problem) (`SamplingParams.prompt_seeds`), so with
+        `HFSampler` they depend neither on the number of ranks nor on the batch size, up to floating-point
+        differences in the logits of differently composed batches. A time budget stops a rank between its
+        chunks, after its first.
         """
+        mine = self.shard.mine(range(len(problems)))
         size = max(1, getattr(self.sampler, "max_batch_rows", 1024) // max(counts, default=1))
-        chunks = [range(lo, min(lo + size, len(problems))) for lo in range(0, len(problems), size)]
-        mine = [(j, chunk) for j, chunk in enumerate(chunks) if j % self.shard.world == self.shard.rank]
+        chunks = [mine[lo : lo + size] for lo in range(0, len(mine), size)]
         parts = self.shard.run(
             "pass@k sampling",
             self._draw,
             index,
-            mine,
+            chunks,
             problems,
             counts,
             model=self.model,
@@ -387,17 +393,19 @@ class _Draw:
         )
         return {i: tally for part in parts for i, tally in part.items()}
 
-    def _draw(self, index, mine, problems, counts) -> dict[int, _Tally]:
+    def _draw(self, index, chunks, problems, counts) -> dict[int, _Tally]:
         out: dict[int, _Tally] = {}
         params = self.config.sampling_params()
-        for position, (j, chunk) in enumerate(mine):
+        for position, chunk in enumerate(chunks):
             if position and self.deadline is not None and time.time() > self.deadline:
                 break
-            seed = int(np.random.SeedSequence([params.seed, index, j]).generate_state(1)[0])
             part = [problems[k] for k in chunk]
             asked = [counts[k] for k in chunk]
             prompts = [self.rows[i][self.config.prompt_column] for i in part]
-            samples = self.sampler.sample(self.model, self.tokenizer, prompts, asked, replace(params, seed=seed))
+            seeds = prompt_seeds(params.seed, [(index, self.ids[i]) for i in part])
+            # `seed` too, distinct per chunk, for samplers that take one seed a call
+            chunk_params = replace(params, seed=seeds[0], prompt_seeds=seeds)
+            samples = self.sampler.sample(self.model, self.tokenizer, prompts, asked, chunk_params)
             got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
             if got != asked:
                 raise ValueError(

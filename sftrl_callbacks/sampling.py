@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -34,7 +35,14 @@ class SamplingParams:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off)."})
     top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
     stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "Stop a completion at any of these."})
-    seed: int = field(default=0, metadata={"help": "Seed of the sampler's own generator."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random draws (see prompt_seeds)."})
+    prompt_seeds: tuple[int, ...] = field(
+        default=(),
+        metadata={
+            "help": "One seed per prompt of a call: prompt i's samples come from random streams of its own, so they "
+            "do not depend on which other prompts share the call (empty: derived from seed and the prompt's place)."
+        },
+    )
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -43,6 +51,8 @@ class SamplingParams:
         require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
         require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
         self.stop_strings = tuple(self.stop_strings)
+        self.prompt_seeds = tuple(int(s) for s in self.prompt_seeds)
+        require(self, "prompt_seeds", all(s >= 0 for s in self.prompt_seeds), "seeds must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -95,7 +105,20 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | l
     ]
 
 
-def _pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+def prompts_that_change(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list]) -> list[tuple[str, str]]:
+    """(rendered prompt, what encoding then decoding it gives) for every prompt that does not survive the
+    round trip: the model would be sampled on other text than the prompt says (a tokenizer that dropped
+    spaces, or lost characters to its unknown token)."""
+    changed = []
+    for text in render_prompts(tokenizer, prompts):
+        back = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
+        if back != text:
+            changed.append((text, back))
+    return changed
+
+
+def _pick_tokens(logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """One token a row; `uniforms` holds a draw in [0, 1) for each row (unused when greedy)."""
     if params.temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / params.temperature
@@ -108,12 +131,53 @@ def _pick_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.
         drop = cumulative - sorted_logits.softmax(-1) > params.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    # Inverse CDF: one uniform draw per row. torch.multinomial draws one exponential per vocabulary entry,
-    # which took 17x longer on CPU (1024 rows x 80 tokens) and 6x longer at a 32k vocabulary.
+    # Inverse CDF: one uniform draw per row (torch.multinomial draws one exponential per vocabulary entry).
     cdf = logits.softmax(-1).cumsum(-1)
-    u = torch.rand((len(cdf), 1), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    u = uniforms.to(cdf.dtype)[:, None] * cdf[:, -1:]
     # right=True: the first token whose cumulative mass exceeds u, so a token of probability 0 is never picked.
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+def prompt_seeds(seed: int, keys: Sequence[int | Sequence[int]]) -> tuple[int, ...]:
+    """One 63-bit seed per key, derived from (`seed`, key) by numpy's SeedSequence (independent streams)."""
+    return tuple(
+        int(np.random.SeedSequence([seed, *([k] if isinstance(k, int) else k)]).generate_state(1, np.uint64)[0] >> 1)
+        for k in keys
+    )
+
+
+class _Uniforms:
+    """The uniform draws of a call, one stream per sample: sample j of a prompt with seed s draws, at token t,
+    the t-th output of SplitMix64 started from the j-th state of SeedSequence(s). So a sample's tokens depend on
+    its prompt's seed and its own logits only, not on the other rows of the batch, the batch size or the rank
+    that drew it. Made on the host in blocks of `block` tokens (one upload per block), 24-bit, so that the
+    float32 value is exact and below 1."""
+
+    block = 256
+    _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+    def __init__(self, seeds: Sequence[int], counts: Sequence[int], device: torch.device) -> None:
+        states = [np.random.SeedSequence(s).generate_state(c, np.uint64) for s, c in zip(seeds, counts) if c]
+        self.states = np.concatenate(states) if states else np.zeros(0, np.uint64)
+        self.device = device
+        self._first, self._values = -1, None
+
+    def at(self, t: int, rows: torch.Tensor) -> torch.Tensor:
+        """The draws of output rows `rows` at token `t`."""
+        first = t - t % self.block
+        if first != self._first:
+            self._first, self._values = first, self._make(first)
+        return self._values[rows, t - first]
+
+    def _make(self, first: int) -> torch.Tensor:
+        steps = np.arange(first + 1, first + self.block + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):  # arithmetic modulo 2^64 is the generator
+            x = self.states[:, None] + steps[None, :] * self._GOLDEN
+            x = (x ^ (x >> np.uint64(30))) * self._M1
+            x = (x ^ (x >> np.uint64(27))) * self._M2
+            x ^= x >> np.uint64(31)
+        values = (x >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+        return torch.from_numpy(values).to(self.device)
 
 
 class HFSampler:
@@ -162,15 +226,18 @@ class HFSampler:
             raise ValueError("n must be an int or have one count per prompt.")
         if any(c < 0 for c in counts):
             raise ValueError("Sample counts must be >= 0.")
+        seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
+        if len(seeds) != len(prompts):
+            raise ValueError(f"SamplingParams.prompt_seeds has {len(seeds)} seeds for {len(prompts)} prompts.")
         texts = render_prompts(tokenizer, prompts)
         device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(params.seed)
         results: list[list[Completion]] = [[] for _ in prompts]
         bar = tqdm(total=sum(counts), desc="sampling", unit="seq", disable=self._progress_disabled(), leave=False)
         with inference_state(model):
             for group in self._groups(counts):
+                draws = _Uniforms([seeds[i] for i in group], [counts[i] for i in group], device)
                 out = self._decode(
-                    model, tokenizer, [texts[i] for i in group], [counts[i] for i in group], params, generator, device
+                    model, tokenizer, [texts[i] for i in group], [counts[i] for i in group], params, draws, device
                 )
                 for i, completions in zip(group, out):
                     results[i].extend(completions)
@@ -194,7 +261,7 @@ class HFSampler:
         if group:
             yield group
 
-    def _decode(self, model, tokenizer, prompts, counts, params, generator, device) -> list[list[Completion]]:
+    def _decode(self, model, tokenizer, prompts, counts, params, draws, device) -> list[list[Completion]]:
         ids, prompt_mask = _left_padded(tokenizer, prompts, device)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -224,7 +291,7 @@ class HFSampler:
         stops = self._stop_criteria(tokenizer, params.stop_strings)
         sync_every = 4
         for t in range(max_new):
-            tokens = _pick_tokens(logits, params, generator)
+            tokens = _pick_tokens(logits, params, draws.at(t, live) if params.temperature else None)
             out[live, t] = tokens
             at_eos = torch.isin(tokens, eos) & ~live_done
             new_length = torch.where(at_eos, t, length[live])  # EOS itself is not part of the completion

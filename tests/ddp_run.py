@@ -3,7 +3,8 @@
     torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR
     torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR --zero3  # HF Trainer's DeepSpeed ZeRO-3 instead (CPU)
 
-Unequal shares on purpose: 7 held-out examples and 5 problems on 2 ranks. Each rank writes what its
+Unequal shares on purpose: 7 held-out examples and 7 problems on 2 ranks; the 7 x 4 samples fit in one sampler
+call, and the problems are dealt to the ranks one by one whatever the batch size. Each rank writes what its
 callbacks hold to OUTPUT_DIR/rank<r>.json; rank 0 also writes the held-out rows and problems as JSONL so
 the test can measure the saved checkpoints in one process with `sftrl eval`.
 """
@@ -17,41 +18,27 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+from counting import CountingSampler  # noqa: E402  (a script's own folder is on its path)
 from trl import SFTTrainer  # noqa: E402
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback  # noqa: E402
 from sftrl_callbacks.demo import toy_sft_config  # noqa: E402
-from sftrl_callbacks.sampling import HFSampler  # noqa: E402
 from sftrl_callbacks.toy import StepVerifier, build_model, build_tokenizer, make_splits  # noqa: E402
-
-
-class HookCountingSampler(HFSampler):
-    """Counts the modules with forward pre-hooks at each sampling call: under ZeRO-3 DeepSpeed hooks every
-    module, and gathering the parameters once for sampling lifts those hooks."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.hooked_modules: list[int] = []
-
-    def sample(self, model, *args, **kwargs):
-        self.hooked_modules.append(sum(1 for m in model.modules() if m._forward_pre_hooks))
-        return super().sample(model, *args, **kwargs)
 
 
 def main(out: str, zero3: bool = False) -> None:
     tokenizer = build_tokenizer()
-    splits = make_splits(n_train=2000, n_heldout_sft=7, n_heldout_problems=5, seed=0)
+    splits = make_splits(n_train=2000, n_heldout_sft=7, n_heldout_problems=7, seed=0)
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=15, batch_size=2)
-    # 8 rows a call: 2 problems a chunk, so the 5 problems go in chunks of 2, 2, 1 (3 on rank 0, 2 on rank 1).
-    sampler = HookCountingSampler(max_batch_rows=8)
+    sampler, dynamic_sampler = CountingSampler(), CountingSampler()
     passk = PassAtKCallback(
         {"mixed": splits.heldout_problems}, verifier=StepVerifier(), sampler=sampler, n=4, max_new_tokens=30, seed=3
     )
-    # Dynamic allocation: rounds after the first go to unsolved problems, seeded per (round, chunk) as well.
+    # Dynamic allocation: rounds after the first go to unsolved problems, seeded per (round, problem) as well.
     dynamic = PassAtKCallback(
         {"dyn": splits.heldout_problems},
         verifier=StepVerifier(),
-        sampler=sampler,
+        sampler=dynamic_sampler,
         n=4,
         allocation="dynamic",
         initial_n=2,
@@ -96,7 +83,8 @@ def main(out: str, zero3: bool = False) -> None:
         },
         "dynamic": {r.step: {"n": r.n, "c": r.c, "examples": r.examples} for r in dynamic.results["dyn"]},
         "optimizer": [type(trainer.optimizer).__name__, type(getattr(trainer.optimizer, "optimizer", None)).__name__],
-        "hooked_modules": sampler.hooked_modules,
+        "hooked_modules": sampler.hooked_modules + dynamic_sampler.hooked_modules,
+        "forward_rows": {"passk": sampler.forward_rows, "dynamic": dynamic_sampler.forward_rows},
         "errors": loss.errors + passk.errors + dynamic.errors + readiness.errors,
         "checkpoints": readiness.checkpoints,
     }

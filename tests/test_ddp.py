@@ -13,6 +13,8 @@ import pytest
 from sftrl_callbacks.cli import main as sftrl
 from sftrl_callbacks.sinks import read_jsonl
 
+from .counting import CountingSampler
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_run.py")
 
 
@@ -52,7 +54,7 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
     args = ["eval", str(out / "checkpoint-30"), str(out / "checkpoint-60")]
     args += ["--heldout", f"mixed={out / 'heldout.jsonl'}", "--problems", f"mixed={out / 'problems.jsonl'}"]
     args += ["--verifier", "toy-steps", "--n", "4", "--max-new-tokens", "30", "--seed", "3", "--max-length", "128"]
-    args += ["--max-batch-rows", "8"]  # the same chunks of problems, so the same seeds
+    args += ["--max-batch-rows", "8"]  # other chunks than the ranks' (2 problems a call): samples seeded by problem
     capsys.readouterr()
     assert sftrl(args) == 0
     single = {r["step"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
@@ -61,7 +63,7 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
         assert single[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(losses[step], abs=1e-4)
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json").read_text())
         sharded = rank0["passk"][str(step)]
-        assert alone["n"] == sharded["n"] == [4] * 5 and alone["c"] == sharded["c"]
+        assert alone["n"] == sharded["n"] == [4] * 7 and alone["c"] == sharded["c"]
         assert alone["mean_completion_tokens"] == sharded["tokens"]
         assert alone["examples"] == sharded["examples"]  # the same completions, drawn on other ranks
 
@@ -80,7 +82,37 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_dyn.json").read_text())
         sharded = rank0["dynamic"][str(step)]
         assert alone["n"] == sharded["n"] and alone["c"] == sharded["c"] and alone["examples"] == sharded["examples"]
-        assert alone["n"] == [4] * 5  # unsolved after 2 samples each, so each got a second round
+        assert alone["n"] == [4] * 7  # unsolved after 2 samples each, so each got a second round
+
+    # Each rank did its share of the sampling although the whole set fits in one sampler call.
+    single = _one_process_forward_rows(out)
+    for rank in (rank0, rank1):
+        for kind in ("passk", "dynamic"):
+            share = rank["forward_rows"][kind] / single[kind]
+            assert 0.35 <= share <= 0.65, (kind, rank["forward_rows"], single)
+
+
+def _one_process_forward_rows(out) -> dict[str, int]:
+    """Eval-mode forward rows of the two pass@k measurements of tests/ddp_run.py in one process."""
+    from datasets import load_dataset
+
+    from sftrl_callbacks.checkpoints import load_checkpoint
+    from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k
+    from sftrl_callbacks.toy import StepVerifier
+
+    problems = load_dataset("json", data_files=str(out / "problems.jsonl"), split="train")
+    configs = {
+        "passk": PassAtKConfig(n=4, max_new_tokens=30, seed=3),
+        "dynamic": PassAtKConfig(n=4, max_new_tokens=30, seed=3, allocation="dynamic", initial_n=2),
+    }
+    rows = {}
+    for kind, config in configs.items():
+        sampler = CountingSampler(show_progress=False)
+        for step in (30, 60):
+            model, tokenizer = load_checkpoint(str(out / f"checkpoint-{step}"), device="cpu")
+            measure_pass_at_k(model, tokenizer, problems, StepVerifier(), config, sampler, kind, step)
+        rows[kind] = sampler.forward_rows
+    return rows
 
 
 def test_a_failure_on_one_rank_raises_on_every_rank_without_a_hang(tmp_path):

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -149,8 +151,8 @@ def test_picked_tokens_follow_the_tempered_truncated_distribution(temperature, t
 
     draws = 40_000
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    generator = torch.Generator().manual_seed(0)
-    tokens = _pick_tokens(logits.float().expand(draws, -1), params, generator)
+    uniforms = torch.rand(draws, generator=torch.Generator().manual_seed(0))
+    tokens = _pick_tokens(logits.float().expand(draws, -1), params, uniforms)
     _within_sampling_error(torch.bincount(tokens, minlength=len(logits)), expected)
 
 
@@ -283,3 +285,39 @@ def test_stop_strings_across_byte_level_bpe_tokens_match_generate(splits, static
             continue
         end = min(texts[k - 1].find(s) + len(s) for s in stops if s in texts[k - 1])
         assert (completion.text, completion.n_tokens, completion.truncated) == (texts[k - 1][:end], k, False)
+
+
+def test_a_prompts_samples_depend_on_its_seed_not_on_the_rest_of_the_batch(trained, tokenizer, splits):
+    """Per-prompt seeds: the same prompt and seed give the same samples alone, among other prompts, in another
+    place of the call and with another batch size (what lets ranks split problems any way they like)."""
+    prompts = list(splits.heldout_problems["prompt"][:4])
+    seeds = (11, 22, 33, 44)
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, prompt_seeds=seeds)
+    together = HFSampler().sample(trained, tokenizer, prompts, 6, params)
+    alone = HFSampler().sample(trained, tokenizer, prompts[2:3], 6, replace(params, prompt_seeds=(33,)))
+    reordered = HFSampler(max_batch_rows=6).sample(
+        trained, tokenizer, prompts[::-1], 6, replace(params, prompt_seeds=seeds[::-1])
+    )
+    assert alone[0] == together[2]
+    assert reordered[::-1] == together
+    assert len({c.text for c in together[0]}) > 1  # the 6 samples of a prompt are not one stream repeated
+    other = HFSampler().sample(trained, tokenizer, prompts[2:3], 6, replace(params, prompt_seeds=(34,)))
+    assert other[0] != together[2]
+    with pytest.raises(ValueError, match="prompt_seeds has 1 seeds for 4 prompts"):
+        HFSampler().sample(trained, tokenizer, prompts, 1, SamplingParams(prompt_seeds=(1,)))
+
+
+def test_per_sample_uniform_streams_are_uniform_and_independent():
+    from sftrl_callbacks.sampling import _Uniforms
+
+    draws = _Uniforms([1, 2, 3], [300, 0, 300], torch.device("cpu"))
+    rows = torch.arange(600)
+    u = torch.stack([draws.at(t, rows) for t in range(300)], 1).double()  # crosses a block boundary
+    assert u.min() >= 0 and u.max() < 1
+    counts = torch.histc(u.flatten(), bins=10, min=0, max=1)
+    _within_sampling_error(counts.long(), torch.full((10,), 0.1, dtype=torch.float64))
+    # Neighbouring tokens of a stream, and neighbouring streams, are uncorrelated (|r| < 5 / sqrt(N)).
+    for a, b in ((u[:, :-1], u[:, 1:]), (u[:-1], u[1:]), (u[:300], u[300:])):
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
+        assert abs(r) < 5 / a.numel() ** 0.5
+    assert torch.equal(_Uniforms([3], [300], torch.device("cpu")).at(7, torch.arange(300)), u[300:, 7].float())
