@@ -1,10 +1,10 @@
-"""The README's demo figures, measured now by the current code. Prints them; run it, do not import it.
+"""The demo figures of docs/cost.md, measured now by the current code. Prints them; run it, do not import it.
 
-    python benchmarks/demo_figures.py [--write-readme]
+    python benchmarks/demo_figures.py [--write-docs]
 
-Runs `sftrl demo` (same code, default settings) in a temporary folder and prints the paragraph the
-README shows, with the machine and the date. `--write-readme` replaces the paragraph between the
-`demo-figures` markers in README.md, so the figures there are always ones this script printed.
+Runs `sftrl demo` (same code, default settings) in a temporary folder and prints the paragraph docs/cost.md
+shows, with the machine and the date. `--write-docs` replaces the paragraph between the `demo-figures`
+markers in docs/cost.md, so the figures there are always ones this script printed.
 Run it on a quiet machine: another torch job on the same cores slows the demo many times over.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 
 from sftrl_callbacks.demo import demo_settings, machine_summary, run_demo
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "cost.md")
 BLOCK = re.compile(r"(<!-- demo-figures:begin.*?-->\n).*?(<!-- demo-figures:end -->)", re.S)
 
 
@@ -47,18 +47,18 @@ def figures_paragraph() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write-readme", action="store_true", help="replace the figures paragraph in README.md")
+    parser.add_argument("--write-docs", action="store_true", help="replace the figures paragraph in docs/cost.md")
     ns = parser.parse_args()
     paragraph = figures_paragraph()
     print(paragraph)
-    if ns.write_readme:
-        with open(README, encoding="utf-8") as f:
+    if ns.write_docs:
+        with open(DOC, encoding="utf-8") as f:
             text = f.read()
         if not BLOCK.search(text):
-            raise SystemExit("README.md has no <!-- demo-figures:begin --> ... <!-- demo-figures:end --> block")
-        with open(README, "w", encoding="utf-8") as f:
+            raise SystemExit("docs/cost.md has no <!-- demo-figures:begin --> ... <!-- demo-figures:end --> block")
+        with open(DOC, "w", encoding="utf-8") as f:
             f.write(BLOCK.sub(lambda m: m[1] + paragraph + m[2], text))
-        print(f"written to {os.path.normpath(README)}")
+        print(f"written to {os.path.normpath(DOC)}")
 
 
 if __name__ == "__main__":

@@ -1,42 +1,66 @@
-"""sftrl-callbacks: learn during SFT which checkpoint makes the best start for RL."""
+"""sftrl-callbacks: learn during SFT which checkpoint makes the best start for RL.
 
-from .callbacks import (
-    HeldOutLossCallback,
-    HeldOutLossConfig,
-    PassAtKCallback,
-    PassAtKCallbackConfig,
-    RLReadinessCallback,
-    RLReadinessConfig,
-)
-from .measure import PassAtKConfig, PassAtKResult, measure_pass_at_k
-from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve
-from .sampling import HFSampler, Sampler, SamplingParams
-from .sinks import JsonlSink, MetricSink, WandbSink
-from .verifiers import AnswerVerifier, MathVerifyVerifier, RewardFunctionVerifier, Verifier
+The public names are imported on first use, so that `sftrl fit`, `sftrl report` and the pure statistics
+(`pass_at_k`) load without torch.
+"""
 
-__all__ = [
-    "AnswerVerifier",
-    "HFSampler",
-    "HeldOutLossCallback",
-    "HeldOutLossConfig",
-    "JsonlSink",
-    "MathVerifyVerifier",
-    "MetricSink",
-    "PassAtKCallback",
-    "PassAtKCallbackConfig",
-    "PassAtKConfig",
-    "PassAtKResult",
-    "RLReadinessCallback",
-    "RLReadinessConfig",
-    "RewardFunctionVerifier",
-    "Sampler",
-    "SamplingParams",
-    "Verifier",
-    "WandbSink",
-    "bootstrap_ci",
-    "extrapolate_pass_at_k",
-    "measure_pass_at_k",
-    "pass_at_k",
-    "pass_at_k_curve",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_WHERE = {
+    "HeldOutLossCallback": "callbacks",
+    "HeldOutLossConfig": "callbacks",
+    "PassAtKCallback": "callbacks",
+    "PassAtKCallbackConfig": "callbacks",
+    "RLReadinessCallback": "callbacks",
+    "RLReadinessConfig": "callbacks",
+    "PassAtKConfig": "measure",
+    "PassAtKResult": "measure",
+    "measure_pass_at_k": "measure",
+    "bootstrap_ci": "passk",
+    "extrapolate_pass_at_k": "passk",
+    "pass_at_k": "passk",
+    "pass_at_k_curve": "passk",
+    "HFSampler": "sampling",
+    "Sampler": "sampling",
+    "SamplingParams": "sampling",
+    "JsonlSink": "sinks",
+    "MetricSink": "sinks",
+    "WandbSink": "sinks",
+    "AnswerVerifier": "verifiers",
+    "MathVerifyVerifier": "verifiers",
+    "RewardFunctionVerifier": "verifiers",
+    "Verifier": "verifiers",
+}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from .callbacks import (  # noqa: F401
+        HeldOutLossCallback,
+        HeldOutLossConfig,
+        PassAtKCallback,
+        PassAtKCallbackConfig,
+        RLReadinessCallback,
+        RLReadinessConfig,
+    )
+    from .measure import PassAtKConfig, PassAtKResult, measure_pass_at_k  # noqa: F401
+    from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve  # noqa: F401
+    from .sampling import HFSampler, Sampler, SamplingParams  # noqa: F401
+    from .sinks import JsonlSink, MetricSink, WandbSink  # noqa: F401
+    from .verifiers import AnswerVerifier, MathVerifyVerifier, RewardFunctionVerifier, Verifier  # noqa: F401

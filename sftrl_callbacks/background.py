@@ -14,6 +14,7 @@ class, which tokenizes differently), and the numbers would then be silently wron
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -23,21 +24,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 from datasets import Dataset
 
+from . import layout
 from .checkpoints import link_copy, load_checkpoint
+from .io import write_json_atomic
 from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k
 from .records import file_safe
-from .sinks import write_json_atomic
+from .verifiers import VERIFIERS, make_verifier
 
 logger = logging.getLogger("sftrl_callbacks")
 
 
 class BackgroundPassAtK:
-    """A queue of checkpoints measured one at a time by a child process."""
+    """A queue of checkpoints measured one at a time by a child process (`PassAtKCallback`'s strategy for
+    saved checkpoints with background=True; `InlineSaves` is the other)."""
+
+    takes_saves = True
 
     def __init__(
         self,
@@ -90,7 +96,7 @@ class BackgroundPassAtK:
         if proc.returncode == 0:
             out = {name: load_result(self._result_path(copy, name)) for name in self.problems}
         else:
-            with open(os.path.join(copy, "sftrl", "background.log"), encoding="utf-8", errors="replace") as f:
+            with open(layout.background_job_files(copy)[1], encoding="utf-8", errors="replace") as f:
                 tail = f.read()[-2000:]
             seconds = time.time() - started
             out = f"background pass@k of step {step} exited with {proc.returncode} after {seconds:.0f} s:\n{tail}"
@@ -117,13 +123,13 @@ class BackgroundPassAtK:
             "problems": self._write_problems(),
             "tokenizer": self._tokenizer_file,
             "verifier": self.verifier,
-            "config": asdict(self.config),
+            "verifier_module": VERIFIERS[self.verifier].__module__,  # imported by the job: it registers the name
+            "config": {f.name: getattr(self.config, f.name) for f in fields(PassAtKConfig)},  # what to sample
             "device": self.device,
         }
-        os.makedirs(os.path.join(copy, "sftrl"), exist_ok=True)
-        job_path = os.path.join(copy, "sftrl", "background_job.json")
+        job_path, log_path = layout.background_job_files(copy)
         write_json_atomic(job_path, job)
-        log = open(os.path.join(copy, "sftrl", "background.log"), "w", encoding="utf-8")  # noqa: SIM115
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         if self.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -145,7 +151,7 @@ class BackgroundPassAtK:
 
     @staticmethod
     def _result_path(copy: str, name: str) -> str:
-        return os.path.join(copy, "sftrl", f"background_passk_{file_safe(name)}.json")
+        return layout.checkpoint_passk_path(copy, name)
 
 
 def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
@@ -180,16 +186,15 @@ def run_job(job_path: str) -> None:
     import torch
     from datasets import disable_progress_bars, load_dataset
 
-    from .callbacks import PassAtKCallbackConfig
     from .sampling import HFSampler
-    from .verifiers import make_verifier
 
     disable_progress_bars()
     with open(job_path, encoding="utf-8") as f:
         job: dict[str, Any] = json.load(f)
     if job["device"] == "cpu":
         torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
-    config = PassAtKCallbackConfig(**job["config"])
+    config = PassAtKConfig(**job["config"])
+    importlib.import_module(job["verifier_module"])
     verifier = make_verifier(job["verifier"], answer_column=config.answer_column)
     with open(job["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)

@@ -11,8 +11,10 @@ import re
 import sys
 import time
 
+from . import layout
 from .checkpoints import check_checkpoint, load_checkpoint
 from .checks import first_line
+from .options import add_config_flags, config_from_flags
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -67,6 +69,7 @@ class _EvalInputs:
     """Everything `sftrl eval` reads besides the checkpoints, checked once before any model is loaded."""
 
     def __init__(self, ns: argparse.Namespace) -> None:
+        from . import toy  # noqa: F401  (registers the toy world's "toy-steps" verifier)
         from .heldout import check_columns
         from .measure import PassAtKConfig, check_problems
         from .verifiers import GuardedVerifier, make_verifier, probe_verifier
@@ -78,17 +81,7 @@ class _EvalInputs:
             self.heldout.append((name, rows))
         self.problems, self.config, self.verifier = [], None, None
         if ns.problems:
-            self.config = PassAtKConfig(
-                n=ns.n,
-                ks=ns.ks,
-                temperature=ns.temperature,
-                max_new_tokens=ns.max_new_tokens,
-                num_problems=ns.num_problems,
-                seed=ns.seed,
-                extrapolate_ks=ns.extrapolate_ks or [],
-                allocation=ns.allocation,
-                initial_n=ns.initial_n,
-            )
+            self.config = config_from_flags(ns, PassAtKConfig, EVAL_PASSK_FIELDS)
             verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:
@@ -109,10 +102,10 @@ def _in_file(spec: str, check, *args) -> None:
 def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalInputs | None = None) -> dict:
     """Held-out loss and pass@k of one saved checkpoint, through the callbacks' own code paths."""
     from .heldout import heldout_loss, prepare_examples
+    from .io import write_json_atomic
     from .measure import measure_pass_at_k
-    from .records import file_safe, heldout_name
+    from .records import heldout_name
     from .sampling import HFSampler, pad_token_id, prompts_that_change
-    from .sinks import write_json_atomic
 
     inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
@@ -140,9 +133,9 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
                 *changed[0],
             )
         result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, sampler, name, step)
-        result.save(os.path.join(checkpoint, "sftrl", f"eval_passk_{file_safe(name)}.json"))
+        result.save(layout.eval_passk_path(checkpoint, name))
         out["metrics"].update(result.metrics())
-    write_json_atomic(os.path.join(checkpoint, "sftrl", "eval.json"), out)
+    write_json_atomic(layout.eval_path(checkpoint), out)
     return out
 
 
@@ -205,7 +198,14 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every PassAtKConfig field but the one about sharded training, which a single-process eval never is.
+EVAL_PASSK_FIELDS = (
+    "n ks extrapolate_ks allocation initial_n max_n_per_problem temperature top_p top_k max_new_tokens stop_strings "
+    "num_problems time_budget_s prompt_column answer_column num_saved_examples ci_resamples seed verifier_timeout_s"
+).split()
+
+
+def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sftrl", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -228,16 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--heldout", action="append", help="held-out SFT examples: [name=]path (repeatable)")
     ev.add_argument("--problems", action="append", help="problems with prompt/answer: [name=]path (repeatable)")
     ev.add_argument("--verifier", default="answer", help="answer | math-verify | toy-steps")
-    ev.add_argument("--n", type=int, default=64)
-    ev.add_argument("--ks", type=int, nargs="+")
-    ev.add_argument("--extrapolate-ks", type=int, nargs="+")
-    ev.add_argument("--allocation", default="uniform", choices=["uniform", "dynamic"])
-    ev.add_argument("--initial-n", type=int, default=16, help="first-round samples with --allocation dynamic")
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--max-new-tokens", type=int, default=256)
-    ev.add_argument("--num-problems", type=int)
-    ev.add_argument("--max-length", type=int, default=1024)
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--max-length", type=int, default=1024, help="held-out examples: tokens kept (SFTConfig's)")
+    ev.add_argument("--batch-size", type=int, default=32, help="held-out examples per forward")
     ev.add_argument(
         "--max-batch-rows",
         type=int,
@@ -245,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="sequences sampled together (memory only: each problem's samples are seeded by the problem)",
     )
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ev.add_argument("--seed", type=int, default=0)
+    if with_eval_flags:  # PassAtKConfig's module needs torch: only for the verb that uses it
+        from .measure import PassAtKConfig
+
+        add_config_flags(ev, PassAtKConfig, EVAL_PASSK_FIELDS)
     ev.set_defaults(func=_eval)
 
     fit = sub.add_parser("fit", parents=[common], help="Fit post-RL predictors on a table of SFT candidates.")
@@ -265,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in args if not a.startswith("-")), None)
+    ns = build_parser(with_eval_flags=verb == "eval").parse_args(args)
     try:
         return ns.func(ns)
     except Exception as err:  # user mistakes and failures alike: one line, the traceback with --debug

@@ -8,6 +8,7 @@ import platform
 import time
 from dataclasses import dataclass
 
+from . import layout
 from .records import heldout_name, parse_name
 from .sampling import HFSampler, SamplingParams
 from .sinks import is_wandb_available
@@ -166,7 +167,7 @@ def run_demo(
         callback_time_s=sum(getattr(cb, "time_spent_s", 0.0) for cb in callbacks),
         callback_times={type(cb).__name__: cb.time_spent_s for cb in callbacks if hasattr(cb, "time_spent_s")},
         rl_start=next((cb.rl_start for cb in callbacks if isinstance(cb, RLReadinessCallback)), None),
-        metrics_path=os.path.join(output_dir, "sftrl", "metrics.jsonl"),
+        metrics_path=layout.metrics_path(output_dir),
         wandb_dir=wandb_dir,
         trainer=trainer,
     )

@@ -11,7 +11,7 @@ others' forwards with a one-token forward of their own until every rank is done 
 Sampling asks for whole parameters instead (`gather_parameters=True`): under FSDP2 each module is
 unsharded once for the whole call, so its many decode forwards are local; under ZeRO-3 DeepSpeed's own
 `unwrap_model_for_generation` gathers them once and lifts its hooks, which takes the trainer's optimizer
-(`Shard.optimizer`: DeepSpeed keeps the hooks there; HF Trainer hands it to every callback). Without it,
+(`Shard.trainer_optimizer`: DeepSpeed keeps the hooks there; HF Trainer hands it to every callback). Without it,
 ZeRO-3 sampling stays correct, with DeepSpeed's hooks fetching parameters by their own policy around every
 module's forward at every token (twice the wall time on the toy model). Measuring writes nothing into
 the parameters, and it runs under `no_grad` rather than `inference_mode` there, because inference
@@ -39,7 +39,7 @@ class Shard:
     world: int = 1
     # The trainer's optimizer (HF Trainer passes it to callbacks): under DeepSpeed ZeRO-3 it is the way to the
     # hooks that must be lifted to gather the parameters once for sampling. Unused otherwise.
-    optimizer: Any = field(default=None, compare=False, repr=False)
+    trainer_optimizer: Any = field(default=None, compare=False, repr=False)
 
     def mine(self, items: Sequence[T]) -> list[T]:
         """Every `world`-th item from `rank`: shares differ by at most one."""
@@ -78,7 +78,7 @@ class Shard:
             else:
                 # DeepSpeed's root pre-forward hook stays and may still compare notes across ranks (its trace
                 # check): the votes stay too. One small all-reduce per forward, no parameter gathering.
-                whole = _zero3_whole(model, self.optimizer)
+                whole = _zero3_whole(model, self.trainer_optimizer)
         with whole or contextlib.nullcontext(), self._forwards_in_step(in_step):
             try:
                 payload = (fn(*args), None)
@@ -213,7 +213,7 @@ def no_grad_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:
 
 def current_shard(optimizer: Any = None) -> Shard:
     """The running process's shard: torch.distributed's rank and world size once it is initialised.
-    `optimizer`: the trainer's, for ZeRO-3 (see `Shard.optimizer`)."""
+    `optimizer`: the trainer's, for ZeRO-3 (see `Shard.trainer_optimizer`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size(), optimizer)
-    return Shard(optimizer=optimizer)
+    return Shard(trainer_optimizer=optimizer)

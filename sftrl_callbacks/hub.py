@@ -19,17 +19,28 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from . import layout
+from .io import write_json_atomic
 from .records import Record
-from .sinks import FailureLog, Image, JsonlSink, Table, TrainerLogSink, WandbSink, reports_to_wandb, write_json_atomic
+from .sinks import FailureLog, Image, JsonlSink, Table, TrainerLogSink, WandbSink, reports_to_wandb
 
 logger = logging.getLogger("sftrl_callbacks")
 
-STATE_FILE = "monitor_state.json"
 Listener = Callable[[Any, Record], None]  # (publishing callback, record)
 
 _HUBS: dict[int, RunHub] = {}
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a measuring callback logs, told to its run when it joins, so listeners need not look inside it."""
+
+    signal: str  # "loss" (held-out loss) or "passk"
+    sets: tuple[str, ...]  # its set names; empty for held-out loss re-logged from the trainer's own eval
+    ks: tuple[int, ...] = ()  # pass@k: the ks measured directly (not extrapolated)
 
 
 def hub_for(args: Any, state: Any) -> RunHub:
@@ -50,26 +61,34 @@ class RunHub:
         self.failures = FailureLog()
         self.trainer_log = TrainerLogSink()
         self.wandb = WandbSink(enabled=self.is_main and reports_to_wandb(getattr(args, "report_to", None)))
-        self.jsonl = JsonlSink(os.path.join(self.output_dir, "sftrl", "metrics.jsonl")) if self.is_main else None
+        self.jsonl = JsonlSink(layout.metrics_path(self.output_dir)) if self.is_main else None
         self.members: dict[str, Any] = {}  # key -> callback
+        self._sources: dict[str, Source] = {}  # key -> what that member measures
         self._listeners: list[Listener] = []
         self._saved: dict[int, set[str]] = {}
         self.restored: dict[str, dict] = {}
         self._guard("resume", "restoring the sftrl state", self._prepare_outputs, args, state)
 
     # -- members and records --------------------------------------------------------------------
-    def join(self, callback: Any, label: str) -> str:
-        """Register a callback; returns its key, unique in this run (its restored state is `restored[key]`)."""
+    def join(self, callback: Any, label: str, source: Source | None = None) -> str:
+        """Register a callback (and what it measures); returns its key, unique in this run (its restored state
+        is `restored[key]`)."""
         key, i = label, 2
         while key in self.members:
             key, i = f"{label}#{i}", i + 1
         self.members[key] = callback
+        if source is not None:
+            self._sources[key] = source
         return key
+
+    def sources(self) -> list[tuple[Any, Source]]:
+        """(callback, what it measures) of every measuring member, in the order they joined."""
+        return [(self.members[key], source) for key, source in self._sources.items()]
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def publish(self, source: Any, record: Record) -> None:
+    def notify(self, source: Any, record: Record) -> None:
         for listener in self._listeners:
             listener(source, record)
 
@@ -108,6 +127,10 @@ class RunHub:
     def summary(self, values: Mapping[str, Any], extra=()) -> None:
         self._each("summary", extra, values)
 
+    def takes_media(self, extra: Sequence[Any] = ()) -> bool:
+        """Whether a sink of this (main) process takes tables and images: an active W&B run or an extra sink."""
+        return self.is_main and (self.wandb.run is not None or any(hasattr(s, "media") for s in extra))
+
     def media(self, step: int, name: str, item: Table | Image, extra=()) -> None:
         self._each("media", extra, step, name, item)
 
@@ -135,7 +158,7 @@ class RunHub:
 
     # -- checkpoints and resume ----------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> str:
-        return os.path.join(self.output_dir, f"checkpoint-{step}")
+        return layout.checkpoint_dir(self.output_dir, step)
 
     def member_saved(self, key: str, state: Any) -> None:
         """Called by each member at the end of its `on_save`; the last one writes the state file."""
@@ -150,7 +173,7 @@ class RunHub:
                 "jsonl_lines": self.jsonl.lines if self.jsonl else 0,
                 "members": {k: cb.export_state() for k, cb in self.members.items()},
             }
-            self.write_json(os.path.join(self.checkpoint_dir(step), "sftrl", STATE_FILE), state)
+            self.write_json(layout.monitor_state_path(self.checkpoint_dir(step)), state)
 
     def _prepare_outputs(self, args: Any, state: Any) -> None:
         step = int(state.global_step)
@@ -159,7 +182,7 @@ class RunHub:
             return
         candidates = [getattr(args, "resume_from_checkpoint", None), self.checkpoint_dir(step)]
         for checkpoint in [c for c in candidates if isinstance(c, str) and c]:
-            path = os.path.join(checkpoint, "sftrl", STATE_FILE)
+            path = layout.monitor_state_path(checkpoint)
             if os.path.exists(path):
                 with open(path, encoding="utf-8") as f:
                     saved = json.load(f)
@@ -173,7 +196,7 @@ class RunHub:
             "sftrl: resuming at step %d but no %s was found in %s: the monitors start without their history "
             "(minima, flags and the RL-start choice restart here)",
             step,
-            STATE_FILE,
+            os.path.basename(layout.monitor_state_path("")),
             self.checkpoint_dir(step),
         )
 

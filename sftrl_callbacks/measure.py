@@ -17,11 +17,17 @@ from datasets import Dataset
 
 from .checks import check_types, require
 from .distributed import Shard
+from .io import write_json_atomic
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
 from .sampling import HFSampler, Sampler, SamplingParams, prompt_seeds
-from .sinks import write_json_atomic
 from .verifiers import GuardedVerifier, Verifier
+
+# Completions kept per problem for the result's `examples` (of its first `num_saved_examples` problems).
+COMPLETIONS_KEPT = 4
+# Bootstrap resamples of an extrapolated interval: each one refits the beta-binomial, so fewer than the
+# `ci_resamples` of the unbiased intervals (which cost a few array operations each).
+EXTRAPOLATION_RESAMPLES = 200
 
 
 @dataclass
@@ -231,6 +237,7 @@ def measure_pass_at_k(
     dataset_name: str = "problems",
     step: int | None = None,
     shard: Shard | None = None,
+    checked: bool = False,
 ) -> PassAtKResult:
     """Sample, verify and estimate pass@k for `problems` (see `PassAtKConfig`).
 
@@ -239,7 +246,8 @@ def measure_pass_at_k(
     Under DeepSpeed ZeRO-3 give it the engine's optimizer, `current_shard(engine.optimizer)`, so that sampling
     can gather the parameters once (see `sftrl_callbacks.distributed`).
     """
-    check_problems(problems, config, dataset_name)
+    if not checked:  # PassAtKCallback checked its sets once, at construction
+        check_problems(problems, config, dataset_name)
     sampler = sampler or HFSampler()
     shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
@@ -293,7 +301,7 @@ def measure_pass_at_k(
         ci[k] = {"low": interval.low, "high": interval.high, "method": interval.method}
     extrapolated = {}
     for k in sorted(set(config.extrapolate_ks) | {k for k in all_ks if k not in ks}):
-        interval = extrapolate_pass_at_k(counts_n, counts_c, k, resamples=200, seed=config.seed)
+        interval = extrapolate_pass_at_k(counts_n, counts_c, k, resamples=EXTRAPOLATION_RESAMPLES, seed=config.seed)
         extrapolated[k] = {
             "estimate": interval.estimate,
             "low": interval.low,
@@ -347,7 +355,7 @@ class _Tally:
             self.c + other.c,
             self.tokens + other.tokens,
             self.truncated + other.truncated,
-            (self.kept + other.kept)[:4],
+            (self.kept + other.kept)[:COMPLETIONS_KEPT],
             self.timeouts + other.timeouts,
         )
 
@@ -420,5 +428,5 @@ class _Draw:
                 verdicts = self.verifier.check(texts, [self.rows[i]] * len(texts))
                 tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
                 timeouts = self.verifier.timeouts - before
-                out[i] = _Tally(len(texts), int(sum(verdicts)), tokens, truncated, texts[:4], timeouts)
+                out[i] = _Tally(len(texts), int(sum(verdicts)), tokens, truncated, texts[:COMPLETIONS_KEPT], timeouts)
         return out

@@ -178,8 +178,7 @@ def fit_beta_binomial(n, c, zero_inflated: bool = True) -> BetaBinomial:
 
     # Six starts: the mean success rate of all problems or of the solved ones, times three zero masses.
     # From one start the fit can end at zero = 0 with a small alpha (another way to explain unsolved
-    # problems), below the best optimum (in 2-11 of 60 bootstrap resamples of simulated counts with the
-    # earlier single-start Nelder-Mead). Bounded at e^+-12: beyond, betaln's difference loses precision.
+    # problems), below the best optimum. Bounded at e^+-12: beyond, betaln's difference loses precision.
     means = [(c.sum() + 0.5) / (n.sum() + 1.0), (c[~unsolved].sum() + 0.5) / (n[~unsolved].sum() + 1.0)]
     unsolved_share = np.clip(unsolved.mean(), 0.05, 0.95)
     zeros = [[special.logit(unsolved_share * f)] for f in (0.3, 0.6, 0.9)] if zero_inflated else [[]]

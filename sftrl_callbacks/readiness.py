@@ -6,9 +6,10 @@ A history is a list of (step, value) pairs in step order, as the callbacks recor
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -162,7 +163,6 @@ class Candidate:
     step: int
     loss: float | None = None
     passk: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,31 @@ def choose_rl_start(
         for c in sorted(eligible, key=lambda c: (-scores[c.step], -c.step))
     ]
     return RLStartChoice(best.step, scores[best.step], "; ".join(why), ranking, excluded)
+
+
+def rl_start_document(
+    choice: RLStartChoice,
+    path: str,
+    checkpoint: str,
+    signals: Mapping[str, float | None],
+    weights: Mapping[str, float],
+    flags: Sequence[Flag],
+) -> dict[str, Any]:
+    """The `rl_start.json` document: where the chosen checkpoint is (`path`, its protected copy, and the
+    trainer's `checkpoint`), its step, score and signals, why, the formula and weights, the flags and the ranking."""
+    return {
+        "path": os.path.abspath(path),
+        "checkpoint": os.path.abspath(checkpoint),
+        "step": choice.step,
+        "score": choice.score,
+        "metrics": dict(signals),
+        "why": choice.why,
+        "score_formula": SCORE_FORMULA,
+        "weights": dict(weights),
+        "flags": [asdict(f) for f in flags],
+        "ranking": choice.ranking,
+        "excluded": choice.excluded,
+    }
 
 
 class ReadinessTracker:

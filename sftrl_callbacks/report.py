@@ -7,19 +7,46 @@ writes `<output_dir>/sftrl/report.png` (four panels) and `report.html` (the PNG 
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import json
 import os
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from . import layout
+from .io import read_jsonl
 from .records import parse_name
-from .sinks import read_jsonl
+from .sinks import Image, Table
+
+
+def passk_curve_table(result: Any, step: int) -> Table:
+    """A `PassAtKResult` as a table of pass@k vs k, drawn as a line in trackers that draw tables."""
+    points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
+    rows = [[k, v, step] for k, v in sorted(points.items())]
+    return Table(["k", "pass@k", "step"], rows, ("k", "pass@k"), f"{result.dataset}: pass@k vs k at step {step}")
+
+
+def run_panels(
+    output_dir: str, series: Mapping[str, Mapping[int, float]], flags: Sequence[Any]
+) -> list[tuple[str, Table | Image]]:
+    """The end-of-run panels for trackers that take media: a timeline table (held-out loss, pass@large-k,
+    pass@1 and flags by step), the loss drawn as a chart, and the rendered report."""
+    loss, passk, pass1 = (series.get(kind, {}) for kind in ("loss", "passk", "pass1"))
+    flagged = {f.began_step: f.kind for f in flags}
+    rows = [[s, loss.get(s), passk.get(s), pass1.get(s), flagged.get(s, "")] for s in sorted(set(loss) | set(passk))]
+    columns = ["step", "heldout_loss", "pass@large_k", "pass@1", "flag"]
+    panels: list[tuple[str, Table | Image]] = [("timeline", Table(columns, rows))]
+    if loss:
+        title = "held-out loss vs step (flags in the timeline table)"
+        panels.append(("heldout_loss_chart", Table(columns, rows, ("step", "heldout_loss"), title)))
+    png, _ = render_report(output_dir)
+    panels.append(("report", Image(png, "sftrl report: flags red, RL start green")))
+    return panels
 
 
 def _load(output_dir: str) -> dict:
-    base = os.path.join(output_dir, "sftrl")
-    path = os.path.join(base, "metrics.jsonl")
+    path = layout.metrics_path(output_dir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No {path}: is {output_dir} the output_dir of a run with sftrl callbacks?")
     series: dict[str, dict[int, float]] = defaultdict(dict)
@@ -30,15 +57,15 @@ def _load(output_dir: str) -> dict:
         elif isinstance(r.get("value"), (int, float)):
             series[r["name"]][int(r["step"])] = float(r["value"])
     curves = defaultdict(dict)  # set -> step -> {k: value}
-    for p in glob.glob(os.path.join(base, "passk", "step-*_*.json")):
+    for p in layout.passk_step_files(output_dir):
         with open(p, encoding="utf-8") as f:
             data = json.load(f)
         points = {int(k): v for k, v in data["pass_at_k"].items()}
         points.update({int(k): v["estimate"] for k, v in data.get("extrapolated", {}).items()})
         curves[data["dataset"]][int(data["step"])] = points
     rl_start = None
-    if os.path.exists(os.path.join(base, "rl_start.json")):
-        with open(os.path.join(base, "rl_start.json"), encoding="utf-8") as f:
+    if os.path.exists(layout.rl_start_path(output_dir)):
+        with open(layout.rl_start_path(output_dir), encoding="utf-8") as f:
             rl_start = json.load(f)
     return {"series": series, "flags": flags, "curves": curves, "rl_start": rl_start}
 
@@ -107,8 +134,7 @@ def render_report(output_dir: str) -> tuple[str, str]:
         title += f" - RL start: step {rl_start['step']} (green line)"
     fig.suptitle(title)
     fig.tight_layout()
-    base = os.path.join(output_dir, "sftrl")
-    png = os.path.join(base, "report.png")
+    png, page_path = layout.report_paths(output_dir)
     fig.savefig(png, dpi=90)
     plt.close(fig)
 
@@ -133,7 +159,6 @@ def render_report(output_dir: str) -> tuple[str, str]:
         "<h2>Flags</h2><table border=1 cellpadding=4><tr><th>confirmed at</th><th>flag</th><th>began at</th>"
         f"<th>detail</th></tr>{rows or '<tr><td colspan=4>none</td></tr>'}</table></body>"
     )
-    page_path = os.path.join(base, "report.html")
     with open(page_path, "w", encoding="utf-8") as f:
         f.write(page)
     return png, page_path

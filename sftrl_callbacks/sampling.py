@@ -190,9 +190,9 @@ class HFSampler:
     prepared mask, the write position a device tensor, the batch shrunk only to powers of two, every
     buffer at one address for the whole call. That is what CUDA graphs need; `compile=True` (implies
     `static`) wraps the decode step in `torch.compile(mode="reduce-overhead")` on CUDA (inductor's
-    default mode elsewhere). Both are opt-in and **not yet run on a GPU**; on a CPU they are slower than
-    the default (attention over the whole buffer). Tested on CPU: greedy output identical to `generate`
-    (static) and to the default (compiled), and the fixed addresses.
+    default mode elsewhere). Both are opt-in: on a CPU they are slower than the default (attention over the
+    whole buffer), and their speed on a GPU is in docs/cost.md. Tested: greedy output identical to
+    `generate` (static) and to the default (compiled), and the fixed addresses.
     """
 
     def __init__(
@@ -412,8 +412,8 @@ class _StaticStep(_GrowingStep):
     def _mark_static(self) -> None:
         if not self.mark_static:
             return
-        # guard=False: the next call's buffers, at new addresses, do not recompile (graphs are then expected to
-        # be re-recorded; not run on a GPU).
+        # guard=False: the next call's buffers, at new addresses, do not recompile (a CUDA graph is then
+        # recorded again for them).
         for layer in self.cache.layers:
             torch._dynamo.mark_static_address(layer._k, guard=False)
             torch._dynamo.mark_static_address(layer._v, guard=False)

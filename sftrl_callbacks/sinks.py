@@ -6,9 +6,8 @@ A sink takes scalars (`log`), events (`event`: a flag, a stop, a chosen checkpoi
 Every metric sits on the trainer's global-step axis. W&B gets it under its own name (`sftrl/...`)
 with `train/global_step` as the x-axis; the JSONL file keeps everything when W&B is down or absent.
 
-Files are written so that a crash mid-write leaves them readable: JSON files atomically (temp file +
-rename), JSONL appends as whole lines in one write, and `read_jsonl` skips a torn last line.
-Non-finite values are written as `null` with the reason (`"invalid": "nan"`), never as bare NaN.
+The JSONL sink writes through `io` (whole lines, one write); a non-finite value is written as `null`
+with the reason (`"invalid": "nan"`).
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from .io import count_lines, invalid_reason, json_safe, plain
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -59,71 +60,6 @@ class MetricSink(Protocol):
         ...
 
 
-def plain(value: Any) -> Any:
-    """A JSON-safe scalar: tensors and numpy numbers unwrapped, NaN / inf turned into None."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def invalid_reason(value: Any) -> str | None:
-    """ "nan" / "inf" / "-inf" for a non-finite number, else None."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return None
-
-
-def json_safe(data: Any) -> Any:
-    """Replace non-finite floats (anywhere in nested dicts / lists) by None, so the JSON is valid."""
-    if isinstance(data, Mapping):
-        return {str(k): json_safe(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [json_safe(v) for v in data]
-    return plain(data)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers see the old or the new file, never half."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(data), f, indent=indent, allow_nan=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All records of a JSONL file; a torn last line (a crash mid-write) is skipped with a warning."""
-    if not os.path.isfile(path):  # a device or a folder in its place would be read forever or fail obscurely
-        raise FileNotFoundError(f"{os.fspath(path)} is not a regular file")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:  # no newline after it: it was being written when the writer died
-                logger.warning("%s: skipping a torn last line (%d characters)", os.fspath(path), len(line))
-                continue
-            raise ValueError(f"{os.fspath(path)} line {i + 1} is not valid JSON: {err}") from err
-    return records
-
-
 class JsonlSink:
     """Appends one JSON object a metric to `path`: {"step", "name", "value", "time", ...context}.
 
@@ -133,7 +69,7 @@ class JsonlSink:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        self.lines = _count_lines(self.path)
+        self.lines = count_lines(self.path)
 
     def _append(self, records: Sequence[Mapping[str, Any]]) -> None:
         text = "".join(json.dumps(r, default=str, allow_nan=False) + "\n" for r in records)
@@ -170,13 +106,6 @@ class JsonlSink:
             f.write("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
         self.lines = len(kept)
-
-
-def _count_lines(path: str) -> int:
-    if not os.path.isfile(path):
-        return 0
-    with open(path, encoding="utf-8") as f:
-        return f.read().count("\n")
 
 
 def reports_to_wandb(report_to: str | Sequence[str] | None) -> bool:

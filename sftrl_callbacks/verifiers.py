@@ -373,26 +373,31 @@ class RewardFunctionVerifier:
         return [r is not None and r >= self.threshold for r in rewards]
 
 
+# name -> factory(answer_column=..., **kwargs); other packages add theirs with `register_verifier` (the toy world
+# registers "toy-steps" when `sftrl_callbacks.toy` is imported).
 VERIFIERS: dict[str, Callable[..., Verifier]] = {
     "answer": AnswerVerifier,
     "math-verify": MathVerifyVerifier,
 }
 
 
+def register_verifier(name: str, factory: Callable[..., Verifier]) -> None:
+    """Let `make_verifier(name)` (and so `PassAtKCallback(verifier=name)`, `sftrl eval --verifier name` and
+    background jobs) build `factory(answer_column=..., **kwargs)`."""
+    VERIFIERS[name] = factory
+
+
 def make_verifier(spec: str | Verifier, answer_column: str = "answer", **kwargs: Any) -> Verifier:
-    """A verifier from a name ("answer", "math-verify", "toy-steps") or the object itself.
+    """A verifier from a registered name ("answer", "math-verify", "toy-steps", ...) or the object itself.
 
     Named verifiers that read an answer read `answer_column`; `kwargs` go to their constructor."""
     if not isinstance(spec, str):
         if not isinstance(spec, Verifier):
             raise TypeError(f"{type(spec).__name__} is not a Verifier: it needs check(completions, rows).")
         return spec
-    if spec == "toy-steps":  # reads the problem's operand columns, not an answer column
-        from .toy import StepVerifier
-
-        return StepVerifier()
     if spec not in VERIFIERS:
         raise ValueError(
-            f"Unknown verifier {spec!r}; choose one of {sorted([*VERIFIERS, 'toy-steps'])} or pass a Verifier object."
+            f"Unknown verifier {spec!r}; choose one of {sorted(VERIFIERS)} or pass a Verifier object "
+            "('toy-steps' is there once sftrl_callbacks.toy is imported)."
         )
     return VERIFIERS[spec](answer_column=answer_column, **kwargs)

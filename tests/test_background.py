@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 
 from .conftest import make_trainer
 
@@ -30,7 +30,7 @@ def _run(tmp_path, tokenizer, splits, background):
 def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbers(tmp_path, tokenizer, splits):
     inline, _ = _run(tmp_path / "inline", tokenizer, splits, background=False)
     background, readiness = _run(tmp_path / "background", tokenizer, splits, background=True)
-    assert background.errors == 0 and background.background.pending == 0
+    assert background.errors == 0 and background.saves.pending == 0
     by_step = {r.step: r for r in background.results["mixed"]}
     assert sorted(by_step) == [30, 60]
     for expected in inline.results["mixed"]:
@@ -92,7 +92,7 @@ def test_a_resumed_run_measures_again_what_its_checkpoint_had_pending(tmp_path, 
     second = passk()
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [second], max_steps=30, save_steps=10)
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-20"))
-    assert second.errors == 0 and second.background.pending == 0
+    assert second.errors == 0 and second.saves.pending == 0
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     assert sorted(r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@4") == [10, 20, 30]
     before = {r.step: r.c for r in first.results["mixed"]}

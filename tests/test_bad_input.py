@@ -18,9 +18,9 @@ from sftrl_callbacks import (
     RLReadinessCallback,
     RLReadinessConfig,
 )
+from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k
 from sftrl_callbacks.sampling import Completion, HFSampler, SamplingParams
-from sftrl_callbacks.sinks import read_jsonl
 from sftrl_callbacks.toy import StepVerifier, build_model
 from sftrl_callbacks.verifiers import RewardFunctionVerifier, VerifierOutputError
 

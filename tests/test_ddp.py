@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from sftrl_callbacks.cli import main as sftrl
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 
 from .counting import CountingSampler
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 
 from . import wandb_offline
 

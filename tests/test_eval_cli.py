@@ -16,8 +16,20 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
     problems = splits.heldout_problems.select(range(6))
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=0)
     passk = PassAtKCallback({"mixed": problems}, verifier=StepVerifier(), n=8, max_new_tokens=40, seed=3)
+    # Every sampling setting away from its default: `sftrl eval` takes them all, from the same fields.
+    tuned_settings = dict(
+        n=6,
+        max_new_tokens=24,
+        seed=7,
+        temperature=0.9,
+        top_p=0.85,
+        top_k=6,
+        stop_strings=[";", "Q"],
+        num_saved_examples=6,
+    )
+    tuned = PassAtKCallback({"tuned": problems}, verifier=StepVerifier(), **tuned_settings)
     trainer = make_trainer(
-        tmp_path, tokenizer, splits.train, [loss, passk], max_steps=40, save_steps=20, learning_rate=3e-3
+        tmp_path, tokenizer, splits.train, [loss, passk, tuned], max_steps=40, save_steps=20, learning_rate=3e-3
     )
     trainer.train()
     splits.heldout_sft.to_json(tmp_path / "heldout.jsonl")
@@ -58,6 +70,18 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
         offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json"))
         assert offline.c == during.c and offline.n == during.n
         assert offline.pass_at_k == pytest.approx(during.pass_at_k)
+
+    flags = [f"--{name.replace('_', '-')}" for name in tuned_settings]
+    args = [str(out / "checkpoint-40"), "--problems", f"tuned={tmp_path / 'problems.jsonl'}", "--verifier", "toy-steps"]
+    for flag, value in zip(flags, tuned_settings.values()):
+        args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    proc = subprocess.run([sys.executable, "-m", "sftrl_callbacks.cli", "eval", *args], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    during = load_result(str(out / "checkpoint-40" / "sftrl" / "passk_tuned.json"))
+    offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_tuned.json"))
+    assert offline.c == during.c and offline.n == during.n == [6] * 6
+    assert offline.examples == during.examples  # the same completions, cut at the same stop strings
+    assert any(c.endswith(";") for e in during.examples for c in e["completions"])  # the stop strings acted
 
 
 def test_eval_rejects_bad_arguments(tmp_path):

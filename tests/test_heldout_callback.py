@@ -7,7 +7,7 @@ from datasets import Dataset
 
 from sftrl_callbacks import HeldOutLossCallback, HeldOutLossConfig
 from sftrl_callbacks.heldout import heldout_loss, prepare_examples
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 
 from . import wandb_offline
 from .conftest import make_trainer

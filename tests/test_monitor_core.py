@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.toy import StepVerifier, make_splits
 
 from . import wandb_offline

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from sftrl_callbacks import HeldOutLossCallback, HFSampler, PassAtKCallback, pass_at_k_curve
+from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.measure import PassAtKConfig, load_result, measure_pass_at_k
-from sftrl_callbacks.sinks import read_jsonl
 from sftrl_callbacks.toy import StepVerifier
 
 from . import wandb_offline

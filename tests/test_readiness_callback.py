@@ -4,7 +4,7 @@ import os
 import pytest
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.toy import StepVerifier, make_splits
 
 from . import wandb_offline

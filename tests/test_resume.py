@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sftrl_callbacks.sinks import read_jsonl
+from sftrl_callbacks.io import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

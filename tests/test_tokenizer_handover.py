@@ -53,37 +53,32 @@ def test_the_toy_tokenizer_does_not_survive_a_qwen2_checkpoint(tokenizer, tmp_pa
 
 @pytest.mark.slow
 def test_background_pass_at_k_equals_inline_on_qwen2_with_that_tokenizer(tmp_path, tokenizer, splits):
+    """One Qwen2 run measured twice at each save: in the training process and by the background job."""
     from trl import SFTTrainer
 
     from sftrl_callbacks.demo import toy_sft_config
 
     one_step = splits.heldout_problems.filter(lambda row: row["steps"] == 1)
-
-    def run(folder, background):
-        passk = PassAtKCallback(
-            {"mixed": one_step},
-            verifier="toy-steps",
-            n=8,
-            num_problems=8,
-            max_new_tokens=30,
-            seed=3,
-            background=background,
-        )
-        args = toy_sft_config(str(tmp_path / folder), 200, [], save_steps=100, learning_rate=3e-3, logging_steps=25)
-        model = _qwen2(tokenizer)
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=[passk]
-        )
-        trainer.train()
-        assert passk.errors == 0
-        return {r.step: r for r in passk.results["mixed"]}
-
-    inline, background = run("inline", False), run("background", True)
-    assert sorted(inline) == sorted(background) == [100, 200]
-    assert sum(inline[200].c) > 0  # the model learnt enough for the prompts' exact text to matter
+    settings = dict(verifier="toy-steps", n=8, num_problems=8, max_new_tokens=30, seed=3)
+    inline = PassAtKCallback({"inline": one_step}, **settings)
+    background = PassAtKCallback({"background": one_step}, background=True, **settings)
+    args = toy_sft_config(str(tmp_path / "out"), 200, [], save_steps=100, learning_rate=3e-3, logging_steps=50)
+    trainer = SFTTrainer(
+        model=_qwen2(tokenizer),
+        args=args,
+        train_dataset=splits.train,
+        processing_class=tokenizer,
+        callbacks=[inline, background],
+    )
+    trainer.train()
+    assert inline.errors == background.errors == 0
+    here = {r.step: r for r in inline.results["inline"]}
+    there = {r.step: r for r in background.results["background"]}
+    assert sorted(here) == sorted(there) == [100, 200]
+    assert sum(here[200].c) > 0  # the model learnt enough for the prompts' exact text to matter
     for step in (100, 200):
-        assert background[step].c == inline[step].c
-        assert background[step].examples == inline[step].examples  # the same completions of the same prompts
+        assert there[step].c == here[step].c
+        assert there[step].examples == here[step].examples  # the same completions of the same prompts
 
 
 def test_background_mode_refuses_a_tokenizer_it_cannot_hand_over(tmp_path, tokenizer, splits):

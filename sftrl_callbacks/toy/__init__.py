@@ -3,6 +3,7 @@
 It runs a real SFT on a laptop CPU in a minute or two, so the demo and the tests train for real.
 """
 
+from ..verifiers import register_verifier
 from .model import build_model
 from .task import (
     ArithmeticTask,
@@ -16,6 +17,9 @@ from .task import (
     to_dataset,
 )
 from .tokenizer import build_tokenizer
+
+# The strict step check reads the problem's operand columns, not an answer column.
+register_verifier("toy-steps", lambda answer_column="answer": StepVerifier())
 
 __all__ = [
     "ArithmeticTask",

@@ -1,0 +1,248 @@
+"""Plumbing shared by the sftrl callbacks: their run hub, per-run state, failure isolation and schedule.
+
+Each callback finds what it needs in the event arguments (`model`, `processing_class`, `args`, `state`),
+measures on the step the trainer is on, and hands typed records (`records.py`) to its run's hub (`hub.py`),
+which sends them to the sinks (`metrics.jsonl`, the trainer's log, W&B) and to the listeners
+(`RLReadinessCallback`). Measurements that fall on a save step are taken in `on_step_end`, before the
+trainer's log / eval / save for that step, so the values sit on the same step as the checkpoint they describe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from datasets import Dataset
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..checks import require
+from ..distributed import Shard, current_shard
+from ..hub import RunHub, Source, hub_for
+from ..records import Record
+from ..sinks import MetricSink
+
+logger = logging.getLogger("sftrl_callbacks")
+
+
+def make_config(config_cls: type, config: Any, overrides: dict) -> Any:
+    if config is None:
+        names = {f.name for f in fields(config_cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"Unknown {config_cls.__name__} field(s): {sorted(unknown)}. Known: {sorted(names)}.")
+        return config_cls(**overrides)
+    if not isinstance(config, config_cls):
+        raise TypeError(f"config must be a {config_cls.__name__}, got {type(config).__name__}.")
+    if overrides:
+        raise TypeError("Pass either config= or keyword fields, not both.")
+    return config
+
+
+@dataclass
+class ScheduleConfig:
+    """When a measuring callback measures: every N steps, on saves, at the end (its config extends this)."""
+
+    every_n_steps: int | None = field(default=None, metadata={"help": "Measure every N optimizer steps (None: off)."})
+    on_save: bool = field(default=True, metadata={"help": "Measure on every step the trainer saves a checkpoint."})
+    on_train_end: bool = field(default=True, metadata={"help": "Measure at the end of training."})
+    strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
+
+    def check_schedule(self, owner: str, measures_elsewhere: bool = False) -> None:
+        every = self.every_n_steps
+        require(self, "every_n_steps", every is None or every >= 0, "must be >= 0 or None (None / 0: off)")
+        if not (every or self.on_save or self.on_train_end or measures_elsewhere):
+            raise ValueError(
+                f"{type(self).__name__}: every_n_steps={every!r}, on_save=False and on_train_end=False: "
+                f"{owner} would never measure; turn one of them on."
+            )
+
+
+def named_sets(value: Any, argument: str, what: str) -> dict[str, Dataset]:
+    """One `Dataset` (named "heldout") or a non-empty dict name -> Dataset, as a dict; a TypeError otherwise."""
+    if isinstance(value, Dataset):
+        value = {"heldout": value}
+    if not isinstance(value, Mapping) or not value:
+        raise TypeError(f"{argument} must be a datasets.Dataset or a non-empty dict name -> Dataset.")
+    for name, ds in value.items():
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"{what} {name!r} must be a datasets.Dataset, got {type(ds).__name__}.")
+    return dict(value)
+
+
+def text_tokenizer(processing_class: Any) -> Any:
+    """The tokenizer inside what the trainer calls `processing_class` (a processor wraps one)."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def check_sinks(sinks: Sequence[Any]) -> list[Any]:
+    for sink in sinks:
+        if not callable(getattr(sink, "log", None)):
+            raise TypeError(f"{type(sink).__name__} is not a MetricSink: it needs log(step, metrics, **context).")
+    return list(sinks)
+
+
+class MonitorCallback(TrainerCallback):
+    """Plumbing shared by the sftrl callbacks: the run hub, per-run state, failure isolation."""
+
+    def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
+        self.strict = strict
+        self.extra_sinks = check_sinks(sinks)
+        self.hub: RunHub | None = None
+        self.key: str | None = None  # this callback's key in its run (set when it joins)
+        self._start_run()
+
+    def _start_run(self) -> None:
+        """Forget everything of an earlier run (a callback object reused by a second trainer starts clean)."""
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self.errors = 0
+        self.time_spent_s = 0.0  # wall time of this callback's measurements
+
+    # -- per-run state ----------------------------------------------------------------------------
+    def _label(self) -> str:
+        return type(self).__name__
+
+    def export_state(self) -> dict:
+        """What this run has accumulated, as JSON (saved with each checkpoint, restored on resume)."""
+        return {"history": {k: [[s, v] for s, v in points] for k, points in self.history.items()}}
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        for name, points in data.get("history", {}).items():
+            self.history[name] = [(int(s), math.nan if v is None else v) for s, v in points]
+
+    def _attach(self, args: TrainingArguments, state: TrainerState) -> None:
+        hub = hub_for(args, state)
+        if hub is self.hub:
+            return
+        if self.hub is not None:
+            self._start_run()
+        self.hub = hub
+        self.key = hub.join(self, self._label(), self.source())
+        if self.key in hub.restored:
+            self.load_state(hub.restored[self.key])
+        self._joined(hub)
+
+    def source(self) -> Source | None:
+        """What this callback measures (told to its run when it joins); None for one that only listens."""
+        return None
+
+    def _joined(self, hub: RunHub) -> None:
+        """Called once per run, when this callback joins its hub."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._attach(args, state)
+
+    # -- output ---------------------------------------------------------------------------------
+    def emit(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
+        for name, value in metrics.items():
+            self.history[name].append((step, value))
+        self.hub.log(step, metrics, context, self.extra_sinks)
+
+    def send(self, record: Record) -> None:
+        """A measurement to the run's sinks (as metrics) and listeners (as the record)."""
+        self.emit(record.step, record.metrics(), **record.context())
+        self.hub.notify(self, record)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.hub is not None:
+            self.hub.merge_into_log(state, logs)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.hub is not None:
+            self.hub.member_saved(self.key, state)
+
+    def _log_this_step(self, control: TrainerControl) -> None:
+        """Ask the trainer to log on this step, so queued metrics reach its log at their own step.
+
+        Every rank asks (not only the main one, which holds the queue): the trainer's log gathers the loss
+        across ranks, and a rank that skipped it would leave the others waiting."""
+        control.should_log = True
+
+    def _safely(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a measurement; a failure is logged loudly and training goes on, unless strict."""
+        start = time.time()
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            if self.strict:
+                raise
+            self.errors += 1
+            logger.exception("sftrl: %s failed (training continues; pass strict=True to stop on errors)", what)
+            return None
+        finally:
+            self.time_spent_s += time.time() - start
+
+
+class ScheduledMonitor(MonitorCallback):
+    """A callback that measures on a schedule: every N steps, on save steps and at the end.
+
+    Subclasses set `_what` and implement `_measure(state, model, processing_class, shard)`; their config
+    has `every_n_steps`, `on_save` and `on_train_end`. A measurement runs at most once per step.
+    """
+
+    _what = "measurement"
+
+    def _start_run(self) -> None:
+        super()._start_run()
+        self._last_step = -1
+
+    def export_state(self) -> dict:
+        return {**super().export_state(), "last_step": self._last_step}
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self._last_step = int(data.get("last_step", -1))
+
+    def _active(self) -> bool:
+        return True
+
+    def _joined(self, hub: RunHub) -> None:
+        mine = self.source()
+        for other, theirs in hub.sources():
+            clash = set(mine.sets) & set(theirs.sets) if other is not self and theirs.signal == mine.signal else ()
+            if clash:
+                raise ValueError(
+                    f"Two {type(self).__name__}s on one trainer both measure set(s) {sorted(clash)}: their metrics "
+                    "would overwrite each other; give the sets different names."
+                )
+
+    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
+        every = self.config.every_n_steps
+        return bool(
+            (every and state.global_step % every == 0)
+            or (self.config.on_save and control.should_save)
+            or (self.config.on_train_end and control.should_training_stop)
+        )
+
+    def _measure_once(self, state: TrainerState, model, processing_class, optimizer) -> bool:
+        """Measure unless this step already was; True when a measurement was attempted."""
+        if not self._active() or state.global_step == self._last_step:
+            return False
+        self._last_step = state.global_step
+        self._safely(self._what, self._measure, state, model, processing_class, current_shard(optimizer))
+        return True
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+        if self._due(state, control) and self._measure_once(state, model, processing_class, optimizer):
+            self._log_this_step(control)
+
+    def on_epoch_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+        # Epoch-based saves are decided in DefaultFlowCallback.on_epoch_end, which runs before this.
+        if (
+            self.config.on_save
+            and control.should_save
+            and self._measure_once(state, model, processing_class, optimizer)
+        ):
+            self._log_this_step(control)
+
+    def on_train_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+        if self.config.on_train_end and self.hub is not None:
+            self._measure_once(state, model, processing_class, optimizer)
+            self.hub.merge_into_log(state, None)
+
+    def _measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
+        raise NotImplementedError

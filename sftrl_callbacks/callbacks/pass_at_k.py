@@ -1,0 +1,279 @@
+"""`PassAtKCallback`: pass@k of held-out problems at checkpoints, sampled in training or in a background
+process (the `saves` strategy, chosen once at train start)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from transformers import TrainerControl, TrainerState
+
+from .. import layout
+from ..background import BackgroundPassAtK
+from ..checkpoints import saves_only_deepspeed_shards
+from ..checks import require
+from ..distributed import Shard
+from ..hub import Source
+from ..measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
+from ..records import passk_name
+from ..report import passk_curve_table
+from ..sampling import HFSampler, Sampler
+from ..sinks import MetricSink
+from ..verifiers import GuardedVerifier, Verifier, make_verifier, probe_verifier
+from .base import ScheduleConfig, ScheduledMonitor, make_config, named_sets, text_tokenizer
+
+logger = logging.getLogger("sftrl_callbacks")
+
+
+@dataclass
+class PassAtKCallbackConfig(ScheduleConfig, PassAtKConfig):
+    """`PassAtKConfig` (what to sample) plus when, and where: in training or in a background process."""
+
+    background: bool = field(
+        default=False,
+        metadata={
+            "help": "Measure saved checkpoints in a separate process (same code and config, the trainer's tokenizer) "
+            "so training does not wait; results land at the checkpoint's step. Needs a named verifier and the "
+            "default sampler; single-process runs only. At the end of training it waits for the last ones."
+        },
+    )
+    background_device: str = field(
+        default="cpu", metadata={"help": "Device of the background process: 'cpu' (one thread), 'cuda:1', ..."}
+    )
+
+    def __post_init__(self) -> None:
+        PassAtKConfig.__post_init__(self)
+        self.check_schedule("PassAtKCallback")
+        kind = self.background_device.split(":")[0]
+        require(self, "background_device", kind in ("cpu", "cuda", "xpu", "mps", "npu"), "use 'cpu', 'cuda:1', ...")
+
+
+class InlineSaves:
+    """Saved checkpoints are measured in the training process on their save step (the default; see
+    `BackgroundPassAtK` for the other way, with the same interface)."""
+
+    takes_saves = False
+    pending_steps: list[int] = []
+
+    def collect(self) -> list:
+        return []
+
+    wait = collect
+
+
+class PassAtKCallback(ScheduledMonitor):
+    """Samples n completions per held-out problem at checkpoints and logs pass@k for each k.
+
+    `problems` is a `Dataset` (named "heldout") or a dict name -> Dataset with a prompt column (text or
+    messages) and an answer column. `verifier` is a `Verifier` or a name ("answer", "math-verify",
+    "toy-steps"); `sampler` defaults to `HFSampler`. Logs `sftrl/passk/<set>/pass@<k>` per k (unbiased
+    estimator), `pass@<K>_extrapolated` for `extrapolate_ks`, plus `mean_completion_tokens`,
+    `truncation_rate`, `num_problems` and `samples`; writes the raw per-problem counts and sample
+    completions to `<output_dir>/sftrl/passk/step-<step>_<set>.json` and, on saves, to
+    `<checkpoint>/sftrl/passk_<set>.json` (a `/` in a set name is written as `%2F` in file names).
+    """
+
+    _what = "pass@k"
+
+    def __init__(
+        self,
+        problems: Dataset | Mapping[str, Dataset],
+        verifier: Verifier | str = "answer",
+        config: PassAtKCallbackConfig | None = None,
+        sampler: Sampler | None = None,
+        sinks: Sequence[MetricSink] = (),
+        **config_fields: Any,
+    ) -> None:
+        self.config = make_config(PassAtKCallbackConfig, config, config_fields)
+        super().__init__(strict=self.config.strict, sinks=sinks)
+        self.problems = named_sets(problems, "problems", "Problem set")
+        for name, ds in self.problems.items():
+            check_problems(ds, self.config, name)
+        self.verifier = make_verifier(verifier, answer_column=self.config.answer_column)
+        self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
+        for name, ds in self.problems.items():
+            probe_verifier(self._guarded, ds[0], f"problem set {name!r}")
+        self.sampler = sampler or HFSampler()
+        if not isinstance(self.sampler, Sampler):
+            raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
+        if self.config.background and (not isinstance(verifier, str) or sampler is not None):
+            raise ValueError(
+                "PassAtKCallback(background=True) measures in another process, which rebuilds the verifier from "
+                "its name and uses the default sampler: pass verifier='answer' / 'math-verify' / 'toy-steps' and "
+                "no sampler."
+            )
+        self.verifier_name = verifier if isinstance(verifier, str) else None
+
+    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
+        self._attach(args, state)
+        tokenizer = text_tokenizer(processing_class)
+        if tokenizer is None:
+            raise ValueError(
+                "PassAtKCallback needs the trainer's tokenizer to sample: "
+                "pass processing_class=<tokenizer> to the trainer."
+            )
+        for name, ds in self.problems.items():
+            prompts = ds[: self.config.num_problems or len(ds)][self.config.prompt_column]
+            if any(not isinstance(p, str) for p in prompts) and not getattr(tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"Problem set {name!r} has chat-message prompts but the tokenizer has no chat_template: "
+                    "set tokenizer.chat_template or give plain-text prompts."
+                )
+        if self.config.background and args.world_size > 1:
+            raise ValueError(
+                "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "
+                "(the default) or run `sftrl eval --watch` beside the training."
+            )
+        if self.config.background and saves_only_deepspeed_shards(args):
+            raise ValueError(
+                "PassAtKCallback(background=True) loads each saved checkpoint's weights, but under DeepSpeed ZeRO-3 "
+                "without stage3_gather_16bit_weights_on_model_save the checkpoints hold only DeepSpeed's shards: set "
+                "it to true in the DeepSpeed config, or measure in the training process (background=False)."
+            )
+        if self.config.background and not self.saves.takes_saves:
+            self.saves = BackgroundPassAtK(
+                layout.background_dir(self.hub.output_dir),
+                self.problems,
+                self.verifier_name,
+                self.config,
+                tokenizer,
+                self.config.background_device,
+            )
+        if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
+            raise ValueError(
+                "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
+                "save_strategy='no': it would never run. Set every_n_steps or on_train_end, or save checkpoints."
+            )
+        if self._unfinished:
+            self._safely("background pass@k resubmission", self._resubmit_unfinished)
+
+    def _start_run(self) -> None:
+        super()._start_run()
+        self.results: dict[str, list[PassAtKResult]] = defaultdict(list)  # this process's results, in memory
+        self.saves: InlineSaves | BackgroundPassAtK = InlineSaves()  # who measures saved checkpoints
+        self._unfinished: list[int] = []  # background steps a resumed checkpoint had not seen measured
+
+    def export_state(self) -> dict:
+        state = super().export_state()
+        if self.saves.pending_steps:
+            state["background_pending"] = self.saves.pending_steps
+        return state
+
+    def load_state(self, data: Mapping[str, Any]) -> None:
+        super().load_state(data)
+        self._unfinished = [int(step) for step in data.get("background_pending", [])]
+
+    def _resubmit_unfinished(self) -> None:
+        """A resumed run measures again the checkpoints whose background jobs had not reported by its checkpoint."""
+        steps, self._unfinished = self._unfinished, []
+        if not self.saves.takes_saves:
+            self.errors += 1
+            logger.error(
+                "sftrl: steps %s had background pass@k pending; without background=True they stay unmeasured", steps
+            )
+            return
+        for step in steps:
+            left = self.saves.copy_path(step)  # the stopped run's own copy, if still there
+            source = left if os.path.isdir(left) else self.hub.checkpoint_dir(step)
+            if not os.path.isdir(source):
+                self.errors += 1
+                logger.error(
+                    "sftrl: the background pass@k of step %d had not finished when the run stopped, and neither "
+                    "%s nor %s exists any more: step %d stays unmeasured",
+                    step,
+                    left,
+                    self.hub.checkpoint_dir(step),
+                    step,
+                )
+                continue
+            logger.warning("sftrl: measuring step %d again: its background pass@k had not reported at resume", step)
+            self.saves.submit(step, source)
+
+    def _due(self, state: TrainerState, control: TrainerControl) -> bool:
+        if not self.saves.takes_saves:
+            return super()._due(state, control)
+        # Saved checkpoints go to the background process (on_save); what is not saved is measured here.
+        every = self.config.every_n_steps
+        end = self.config.on_train_end and control.should_training_stop and not control.should_save
+        return bool((every and state.global_step % every == 0) or end)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.saves.takes_saves:
+            super().on_epoch_end(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        if self.saves.pending_steps:
+            self._safely("background pass@k", self._collect, self.saves.collect)
+
+    def _label(self) -> str:
+        return f"PassAtKCallback[{','.join(self.set_names)}]"
+
+    @property
+    def set_names(self) -> list[str]:
+        return list(self.problems)
+
+    def source(self) -> Source:
+        return Source("passk", tuple(self.problems), tuple(self.config.measured_ks()))
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.saves.takes_saves and self.config.on_save and state.global_step != self._last_step:
+            self._last_step = state.global_step  # measured by the background job: not again at the end
+            checkpoint = self.hub.checkpoint_dir(state.global_step)
+            self._safely("background pass@k submission", self.saves.submit, state.global_step, checkpoint)
+        elif self.hub.is_main:
+            self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
+        super().on_save(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        if self.saves.pending_steps:
+            logger.warning("sftrl: waiting for %d background pass@k job(s)", len(self.saves.pending_steps))
+            self._safely("background pass@k", self._collect, self.saves.wait)
+            self.hub.merge_into_log(state, None)
+
+    def _collect(self, finished: Callable[[], list]) -> None:
+        """Publish the jobs `finished()` returns, each at its checkpoint's step."""
+        for step, results in finished():
+            if isinstance(results, str):
+                if self.strict:
+                    raise RuntimeError(results)
+                self.errors += 1
+                logger.error("sftrl: %s", results)
+                continue
+            for name, result in results.items():
+                self._record_result(step, name, result)
+            if self.hub.is_main:
+                self._copy_to_checkpoint(step)
+
+    def _measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
+        tokenizer, step = text_tokenizer(processing_class), state.global_step
+        for name, problems in self.problems.items():
+            result = measure_pass_at_k(
+                model, tokenizer, problems, self._guarded, self.config, self.sampler, name, step, shard, checked=True
+            )
+            self._record_result(step, name, result)
+
+    def _record_result(self, step: int, name: str, result: PassAtKResult) -> None:
+        self.results[name].append(result)
+        self.hub.write_json(self._step_path(step, name), result.to_json())
+        self.send(result.to_record(step))
+        self.hub.media(step, passk_name(name, f"curve_step_{step}"), passk_curve_table(result, step), self.extra_sinks)
+
+    def _step_path(self, step: int, name: str) -> str:
+        return layout.passk_step_path(self.hub.output_dir, step, name)
+
+    def _copy_to_checkpoint(self, step: int) -> None:
+        checkpoint = self.hub.checkpoint_dir(step)
+        for name in self.problems:
+            source = self._step_path(step, name)
+            if os.path.isdir(checkpoint) and os.path.exists(source):
+                target = layout.checkpoint_passk_path(checkpoint, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
