@@ -20,7 +20,8 @@ from .distributed import Shard
 from .io import write_json_atomic
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
-from .sampling import HFSampler, Sampler, SamplingParams, prompt_seeds
+from .sampling import HFSampler, Sampler, SamplingParams
+from .streams import prompt_seeds
 from .verifiers import GuardedVerifier, Verifier
 
 # Completions kept per problem for the result's `examples` (of its first `num_saved_examples` problems).

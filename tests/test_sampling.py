@@ -308,9 +308,9 @@ def test_a_prompts_samples_depend_on_its_seed_not_on_the_rest_of_the_batch(train
 
 
 def test_per_sample_uniform_streams_are_uniform_and_independent():
-    from sftrl_callbacks.sampling import _Uniforms
+    from sftrl_callbacks.streams import Uniforms
 
-    draws = _Uniforms([1, 2, 3], [300, 0, 300], torch.device("cpu"))
+    draws = Uniforms([1, 2, 3], [300, 0, 300], torch.device("cpu"))
     rows = torch.arange(600)
     u = torch.stack([draws.at(t, rows) for t in range(300)], 1).double()  # crosses a block boundary
     assert u.min() >= 0 and u.max() < 1
@@ -320,4 +320,4 @@ def test_per_sample_uniform_streams_are_uniform_and_independent():
     for a, b in ((u[:, :-1], u[:, 1:]), (u[:-1], u[1:]), (u[:300], u[300:])):
         r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
         assert abs(r) < 5 / a.numel() ** 0.5
-    assert torch.equal(_Uniforms([3], [300], torch.device("cpu")).at(7, torch.arange(300)), u[300:, 7].float())
+    assert torch.equal(Uniforms([3], [300], torch.device("cpu")).at(7, torch.arange(300)), u[300:, 7].float())
