@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "distributed.md")
-BLOCK = re.compile(r"(<!-- sharding-benchmark:begin.*?-->\n).*?(<!-- sharding-benchmark:end -->)", re.S)
+from docblock import replace_block  # benchmarks/ is on the path of its scripts
 
 
 def worker(checkpoint: str, problems_path: str, n: int, max_new_tokens: int, result_path: str) -> None:
@@ -146,12 +144,7 @@ def main() -> None:
     text = table(ns)
     print(text)
     if ns.write_docs:
-        with open(DOC, encoding="utf-8") as f:
-            doc = f.read()
-        if not BLOCK.search(doc):
-            raise SystemExit("docs/distributed.md has no sharding-benchmark markers")
-        with open(DOC, "w", encoding="utf-8") as f:
-            f.write(BLOCK.sub(lambda m: m[1] + text + m[2], doc))
+        print(f"written to {replace_block('distributed.md', 'sharding-benchmark', text)}")
 
 
 if __name__ == "__main__":

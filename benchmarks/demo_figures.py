@@ -11,14 +11,11 @@ Run it on a quiet machine: another torch job on the same cores slows the demo ma
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import tempfile
 
-from sftrl_callbacks.demo import demo_settings, machine_summary, run_demo
+from docblock import replace_block  # benchmarks/ is on the path of its scripts
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "cost.md")
-BLOCK = re.compile(r"(<!-- demo-figures:begin.*?-->\n).*?(<!-- demo-figures:end -->)", re.S)
+from sftrl_callbacks.demo import demo_settings, machine_summary, run_demo
 
 
 def figures_paragraph() -> str:
@@ -52,13 +49,7 @@ def main() -> None:
     paragraph = figures_paragraph()
     print(paragraph)
     if ns.write_docs:
-        with open(DOC, encoding="utf-8") as f:
-            text = f.read()
-        if not BLOCK.search(text):
-            raise SystemExit("docs/cost.md has no <!-- demo-figures:begin --> ... <!-- demo-figures:end --> block")
-        with open(DOC, "w", encoding="utf-8") as f:
-            f.write(BLOCK.sub(lambda m: m[1] + paragraph + m[2], text))
-        print(f"written to {os.path.normpath(DOC)}")
+        print(f"written to {replace_block('cost.md', 'demo-figures', paragraph)}")
 
 
 if __name__ == "__main__":
