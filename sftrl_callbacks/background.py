@@ -59,8 +59,7 @@ class BackgroundPassAtK:
         self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
         self._running: tuple[int, str, subprocess.Popen, float] | None = None
         self._problem_files: dict[str, str] | None = None
-        used = (ds[: config.num_problems or len(ds)] for ds in self.problems.values())
-        prompts = [prompt for rows in used for prompt in rows[config.prompt_column]]
+        prompts = [prompt for ds in self.problems.values() for prompt in config.used_prompts(ds)]
         self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(workdir, "tokenizer.pkl"))
 
     def submit(self, step: int, checkpoint: str) -> None:

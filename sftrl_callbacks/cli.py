@@ -81,7 +81,7 @@ class _EvalInputs:
             self.heldout.append((name, rows))
         self.problems, self.config, self.verifier = [], None, None
         if ns.problems:
-            self.config = config_from_flags(ns, PassAtKConfig, EVAL_PASSK_FIELDS)
+            self.config = config_from_flags(ns, PassAtKConfig, skip=EVAL_SKIPS)
             verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:
@@ -118,7 +118,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
         out["metrics"][heldout_name(name, "loss")] = result.loss
     sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
     for name, rows in inputs.problems:
-        prompts = rows[: inputs.config.num_problems or len(rows)][inputs.config.prompt_column]
+        prompts = inputs.config.used_prompts(rows)
         changed = prompts_that_change(tokenizer, prompts)
         if changed:
             logger.warning(
@@ -198,11 +198,9 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
-# Every PassAtKConfig field but the one about sharded training, which a single-process eval never is.
-EVAL_PASSK_FIELDS = (
-    "n ks extrapolate_ks allocation initial_n max_n_per_problem temperature top_p top_k max_new_tokens stop_strings "
-    "num_problems time_budget_s prompt_column answer_column num_saved_examples ci_resamples seed verifier_timeout_s"
-).split()
+# `sftrl eval` takes every PassAtKConfig field as a flag but the one about sharded training, which a
+# single-process eval never is.
+EVAL_SKIPS = ("gather_parameters",)
 
 
 def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
@@ -240,7 +238,7 @@ def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
     if with_eval_flags:  # PassAtKConfig's module needs torch: only for the verb that uses it
         from .measure import PassAtKConfig
 
-        add_config_flags(ev, PassAtKConfig, EVAL_PASSK_FIELDS)
+        add_config_flags(ev, PassAtKConfig, skip=EVAL_SKIPS)
     ev.set_defaults(func=_eval)
 
     fit = sub.add_parser("fit", parents=[common], help="Fit post-RL predictors on a table of SFT candidates.")

@@ -196,7 +196,7 @@ class RunHub:
             "sftrl: resuming at step %d but no %s was found in %s: the monitors start without their history "
             "(minima, flags and the RL-start choice restart here)",
             step,
-            os.path.basename(layout.monitor_state_path("")),
+            layout.MONITOR_STATE,
             self.checkpoint_dir(step),
         )
 

@@ -20,6 +20,7 @@ import os
 from .records import file_safe
 
 FOLDER = "sftrl"
+MONITOR_STATE = "monitor_state.json"
 
 
 def run_dir(output_dir: str) -> str:
@@ -66,7 +67,7 @@ def checkpoint_passk_path(checkpoint: str, dataset: str) -> str:
 
 
 def monitor_state_path(checkpoint: str) -> str:
-    return os.path.join(checkpoint, FOLDER, "monitor_state.json")
+    return os.path.join(checkpoint, FOLDER, MONITOR_STATE)
 
 
 def eval_path(checkpoint: str) -> str:

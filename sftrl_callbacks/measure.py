@@ -121,6 +121,10 @@ class PassAtKConfig:
         per_problem = self.n if self.allocation == "uniform" else self.initial_n
         return [k for k in self.ks or default_ks(self.n) if k <= per_problem]
 
+    def used_prompts(self, problems: Dataset) -> list:
+        """The prompts of the problems a measurement uses: the first `num_problems` (all when None)."""
+        return problems[: self.num_problems or len(problems)][self.prompt_column]
+
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
             max_new_tokens=self.max_new_tokens,

@@ -40,14 +40,18 @@ def _parser_for(kind: type, optional: bool):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, only: Iterable[str] | None = None) -> None:
-    """One flag per field of `config_cls` (or of the fields named in `only`), in a group named after it."""
+def _flagged_fields(config_cls: type, skip: Iterable[str]) -> list[dataclasses.Field]:
+    unknown = set(skip) - {f.name for f in dataclasses.fields(config_cls)}
+    if unknown:  # a renamed field must not silently gain a flag
+        raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)} to skip")
+    return [f for f in dataclasses.fields(config_cls) if f.name not in set(skip)]
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: Iterable[str] = ()) -> None:
+    """One flag per field of `config_cls` but those in `skip`, in a group named after it."""
     hints = typing.get_type_hints(config_cls)
     group = parser.add_argument_group(f"{config_cls.__name__} fields", config_cls.__doc__)
-    names = set(only) if only is not None else None
-    for f in dataclasses.fields(config_cls):
-        if names is not None and f.name not in names:
-            continue
+    for f in _flagged_fields(config_cls, skip):
         kind, optional, many = _parts(hints[f.name])
         default = _default(f)
         flag = "--" + f.name.replace("_", "-")
@@ -61,10 +65,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, only: It
             group.add_argument(flag, dest=f.name, type=parse, nargs=nargs, default=default, metavar=metavar, help=text)
 
 
-def config_from_flags(ns: argparse.Namespace, config_cls: type, only: Iterable[str] | None = None) -> Any:
-    """`config_cls` built from the flags `add_config_flags` added (its own checks run as usual)."""
-    names = set(only) if only is not None else {f.name for f in dataclasses.fields(config_cls)}
-    return config_cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(config_cls) if f.name in names})
+def config_from_flags(ns: argparse.Namespace, config_cls: type, skip: Iterable[str] = ()) -> Any:
+    """`config_cls` built from the flags `add_config_flags` added (skipped fields keep their defaults; the
+    config's own checks run as usual)."""
+    return config_cls(**{f.name: getattr(ns, f.name) for f in _flagged_fields(config_cls, skip)})
 
 
 def reference_table(config_cls: type) -> str:

@@ -6,8 +6,8 @@ A sink takes scalars (`log`), events (`event`: a flag, a stop, a chosen checkpoi
 Every metric sits on the trainer's global-step axis. W&B gets it under its own name (`sftrl/...`)
 with `train/global_step` as the x-axis; the JSONL file keeps everything when W&B is down or absent.
 
-The JSONL sink writes through `io` (whole lines, one write); a non-finite value is written as `null`
-with the reason (`"invalid": "nan"`).
+The JSONL sink appends whole lines in one write (so `io.read_jsonl` can skip a torn last line); a non-finite
+value is written as `null` with the reason (`"invalid": "nan"`).
 """
 
 from __future__ import annotations

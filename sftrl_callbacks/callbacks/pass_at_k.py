@@ -119,7 +119,7 @@ class PassAtKCallback(ScheduledMonitor):
                 "pass processing_class=<tokenizer> to the trainer."
             )
         for name, ds in self.problems.items():
-            prompts = ds[: self.config.num_problems or len(ds)][self.config.prompt_column]
+            prompts = self.config.used_prompts(ds)
             if any(not isinstance(p, str) for p in prompts) and not getattr(tokenizer, "chat_template", None):
                 raise ValueError(
                     f"Problem set {name!r} has chat-message prompts but the tokenizer has no chat_template: "
