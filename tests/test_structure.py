@@ -101,3 +101,24 @@ def test_the_configuration_reference_is_current():
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
     with open(path, encoding="utf-8") as f:
         assert f.read() == reference_page(), "stale: python -m sftrl_callbacks.options > docs/configuration.md"
+
+
+def test_eval_flags_cover_every_measurement_field_but_the_skipped_one():
+    import argparse
+    import dataclasses
+
+    import pytest
+
+    from sftrl_callbacks.measure import PassAtKConfig
+    from sftrl_callbacks.options import add_config_flags, config_from_flags
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, PassAtKConfig, skip=("gather_parameters",))
+    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert flags == {f.name for f in dataclasses.fields(PassAtKConfig)} - {"gather_parameters"}
+    config = config_from_flags(
+        parser.parse_args(["--top-k", "5", "--stop-strings", "a", "b"]), PassAtKConfig, skip=("gather_parameters",)
+    )
+    assert config.top_k == 5 and config.stop_strings == ["a", "b"] and config.gather_parameters is True
+    with pytest.raises(ValueError, match="no field"):
+        add_config_flags(argparse.ArgumentParser(), PassAtKConfig, skip=("gather_parameter",))
