@@ -28,7 +28,7 @@ _WHERE = {
     "SamplingParams": "sampling",
     "JsonlSink": "sinks",
     "MetricSink": "sinks",
-    "WandbSink": "sinks",
+    "WandbSink": "trackers",
     "AnswerVerifier": "verifiers",
     "MathVerifyVerifier": "verifiers",
     "RewardFunctionVerifier": "verifiers",
@@ -62,5 +62,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .measure import PassAtKConfig, PassAtKResult, measure_pass_at_k  # noqa: F401
     from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve  # noqa: F401
     from .sampling import HFSampler, Sampler, SamplingParams  # noqa: F401
-    from .sinks import JsonlSink, MetricSink, WandbSink  # noqa: F401
+    from .sinks import JsonlSink, MetricSink  # noqa: F401
+    from .trackers import WandbSink  # noqa: F401
     from .verifiers import AnswerVerifier, MathVerifyVerifier, RewardFunctionVerifier, Verifier  # noqa: F401

@@ -47,20 +47,21 @@ class BackgroundPassAtK:
 
     def __init__(
         self,
-        workdir: str,
+        output_dir: str,
         problems: Mapping[str, Dataset],
         verifier: str,
         config: PassAtKConfig,
         tokenizer: Any,
         device: str = "cpu",
     ) -> None:
-        self.workdir, self.problems, self.verifier = workdir, dict(problems), verifier
+        self.output_dir, self.workdir = output_dir, layout.background_dir(output_dir)
+        self.problems, self.verifier = dict(problems), verifier
         self.config, self.device = config, device
         self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
         self._running: tuple[int, str, subprocess.Popen, float] | None = None
         self._problem_files: dict[str, str] | None = None
         prompts = [prompt for ds in self.problems.values() for prompt in config.used_prompts(ds)]
-        self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(workdir, "tokenizer.pkl"))
+        self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(self.workdir, "tokenizer.pkl"))
 
     def submit(self, step: int, checkpoint: str) -> None:
         """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is)."""
@@ -125,6 +126,7 @@ class BackgroundPassAtK:
             "verifier_module": VERIFIERS[self.verifier].__module__,  # imported by the job: it registers the name
             "config": {f.name: getattr(self.config, f.name) for f in fields(PassAtKConfig)},  # what to sample
             "device": self.device,
+            "output_dir": self.output_dir,  # where save_completions writes
         }
         job_path, log_path = layout.background_job_files(copy)
         write_json_atomic(job_path, job)
@@ -202,6 +204,8 @@ def run_job(job_path: str) -> None:
     for name, path in job["problems"].items():
         problems = load_dataset("json", data_files=path, split="train")
         result = measure_pass_at_k(model, tokenizer, problems, verifier, config, sampler, name, job["step"])
+        if config.save_completions:
+            result.write_completions(layout.completions_path(job["output_dir"], job["step"], name))
         result.save(BackgroundPassAtK._result_path(job["checkpoint"], name))
 
 

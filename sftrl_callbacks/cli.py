@@ -22,7 +22,10 @@ logger = logging.getLogger("sftrl_callbacks")
 def _demo(ns: argparse.Namespace) -> int:
     from .demo import demo_settings, machine_summary, run_demo
 
-    result = run_demo(ns.output_dir, max_steps=ns.max_steps, seed=ns.seed, show_progress=not ns.quiet)
+    report_to = None if ns.report_to is None else [t for t in ns.report_to.split(",") if t and t != "none"]
+    result = run_demo(
+        ns.output_dir, max_steps=ns.max_steps, seed=ns.seed, show_progress=not ns.quiet, report_to=report_to
+    )
     print(f"\nMonitors: {demo_settings(ns.max_steps)}.")
     print("Held-out loss (token-weighted mean NLL on held-out SFT examples):")
     for step, loss in result.heldout_losses:
@@ -214,6 +217,11 @@ def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--max-steps", type=int, default=400)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="No progress bars.")
+    demo.add_argument(
+        "--report-to",
+        help="trackers, comma-separated (wandb, tensorboard, mlflow, trackio; 'none'), each offline under the "
+        "output dir; default: wandb when installed",
+    )
     demo.set_defaults(func=_demo)
 
     ev = sub.add_parser(

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from . import layout
 from .records import heldout_name, parse_name
 from .sampling import HFSampler, SamplingParams
-from .sinks import is_wandb_available
 from .toy import build_model, build_tokenizer, final_answer, make_splits
+from .trackers import is_wandb_available
 
 # What the demo measures, chosen so the callbacks block at most 10 % of the SFT wall time on 2 CPU cores
 # (see the README's demo figures): 8 held-out loss measurements of 128 examples, pass@64 on 24 problems
@@ -107,23 +107,34 @@ def run_demo(
     seed: int = 0,
     callbacks=None,
     show_progress: bool = True,
+    report_to: list[str] | None = None,
 ) -> DemoResult:
-    """Train the toy model with the sftrl callbacks and return what happened."""
+    """Train the toy model with the sftrl callbacks and return what happened.
+
+    `report_to`: the trackers, each kept offline and under `output_dir` unless its environment says
+    otherwise (W&B offline, trackio's database in `<output_dir>/trackio`, MLflow's file store in
+    `<output_dir>/mlruns`, TensorBoard in `<output_dir>/runs`); None: W&B when installed.
+    """
     from trl import SFTTrainer
 
     from .callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
     from .toy import StepVerifier
 
     start = time.time()
-    report_to: list[str] = []
+    if report_to is None:
+        report_to = ["wandb"] if is_wandb_available() else []
     wandb_dir = None
-    if is_wandb_available():
+    if "wandb" in report_to:
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", output_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
         os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
         wandb_dir = os.environ["WANDB_DIR"]
-        report_to = ["wandb"]
+    if "trackio" in report_to:
+        os.environ.setdefault("TRACKIO_DIR", os.path.abspath(os.path.join(output_dir, "trackio")))
+    if "mlflow" in report_to and "MLFLOW_TRACKING_URI" not in os.environ:
+        os.environ["MLFLOW_TRACKING_URI"] = "file://" + os.path.abspath(os.path.join(output_dir, "mlruns"))
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses its file store without it
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed=seed)
@@ -135,7 +146,13 @@ def run_demo(
             RLReadinessCallback(),
         ]
     args = toy_sft_config(
-        output_dir, max_steps, report_to, seed=seed, disable_tqdm=not show_progress, save_steps=max(1, max_steps // 2)
+        output_dir,
+        max_steps,
+        report_to,
+        seed=seed,
+        disable_tqdm=not show_progress,
+        save_steps=max(1, max_steps // 2),
+        project="sftrl-demo",
     )
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=callbacks
@@ -143,7 +160,7 @@ def run_demo(
     train_start = time.time()
     trainer.train()
     train_time = time.time() - train_start
-    if report_to:
+    if "wandb" in report_to:
         import wandb
 
         if wandb.run is not None:

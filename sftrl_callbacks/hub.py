@@ -25,7 +25,8 @@ from typing import Any
 from . import layout
 from .io import write_json_atomic
 from .records import Record
-from .sinks import FailureLog, Image, JsonlSink, Table, TrainerLogSink, WandbSink, reports_to_wandb
+from .sinks import FailureLog, Image, JsonlSink, Table, TrainerLogSink
+from .trackers import tracker_sinks
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -60,7 +61,7 @@ class RunHub:
         self.is_main = bool(state.is_world_process_zero)
         self.failures = FailureLog()
         self.trainer_log = TrainerLogSink()
-        self.wandb = WandbSink(enabled=self.is_main and reports_to_wandb(getattr(args, "report_to", None)))
+        self.trackers = tracker_sinks(args) if self.is_main else []  # one per tracker in report_to
         self.jsonl = JsonlSink(layout.metrics_path(self.output_dir)) if self.is_main else None
         self.members: dict[str, Any] = {}  # key -> callback
         self._sources: dict[str, Source] = {}  # key -> what that member measures
@@ -104,7 +105,7 @@ class RunHub:
         """The main process's sinks; the other ranks measure their share but write nothing."""
         if not self.is_main:
             return []
-        return [s for s in (self.jsonl, self.wandb, self.trainer_log) if s is not None] + list(extra)
+        return [s for s in (self.jsonl, *self.trackers, self.trainer_log) if s is not None] + list(extra)
 
     @staticmethod
     def _where(sink: Any) -> str:
@@ -128,8 +129,8 @@ class RunHub:
         self._each("summary", extra, values)
 
     def takes_media(self, extra: Sequence[Any] = ()) -> bool:
-        """Whether a sink of this (main) process takes tables and images: an active W&B run or an extra sink."""
-        return self.is_main and (self.wandb.run is not None or any(hasattr(s, "media") for s in extra))
+        """Whether a sink of this (main) process takes tables and images: a tracker or an extra sink."""
+        return self.is_main and any(hasattr(s, "media") for s in (*self.trackers, *extra))
 
     def media(self, step: int, name: str, item: Table | Image, extra=()) -> None:
         self._each("media", extra, step, name, item)

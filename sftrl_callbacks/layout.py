@@ -40,6 +40,11 @@ def passk_step_files(output_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(run_dir(output_dir), "passk", "step-*_*.json")))
 
 
+def completions_path(output_dir: str, step: int, dataset: str) -> str:
+    """Every completion of one pass@k measurement (`save_completions`), gzip-compressed JSONL."""
+    return os.path.join(run_dir(output_dir), "completions", f"step-{step}_{file_safe(dataset)}.jsonl.gz")
+
+
 def rl_start_path(output_dir: str) -> str:
     return os.path.join(run_dir(output_dir), "rl_start.json")
 

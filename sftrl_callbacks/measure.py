@@ -6,7 +6,9 @@ the same numbers for the same model, problems and seed.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -69,7 +71,20 @@ class PassAtKConfig:
     )
     prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or messages)."})
     answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
-    num_saved_examples: int = field(default=3, metadata={"help": "Problems whose completions go into the JSON."})
+    num_saved_examples: int = field(
+        default=3,
+        metadata={
+            "help": "Problems whose first completions (with verdict, tokens, truncation) go into the JSON and the "
+            "trackers' completions table."
+        },
+    )
+    save_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Also write every completion (prompt, completion, verdict, expected answer, tokens, truncated) "
+            "to <output_dir>/sftrl/completions/step-<step>_<set>.jsonl.gz."
+        },
+    )
     ci_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
     seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
     verifier_timeout_s: float | None = field(
@@ -185,6 +200,7 @@ class PassAtKResult:
     wall_time_s: float
     examples: list[dict[str, Any]]
     verifier_timeouts: int = 0  # completions counted wrong because the verifier timed out
+    completions: list[dict[str, Any]] | None = None  # every completion, with save_completions (not in the JSON)
 
     def to_record(self, step: int | None = None) -> PassAtKRecord:
         """The typed record the callbacks publish (measured and extrapolated ks kept apart)."""
@@ -218,7 +234,19 @@ class PassAtKResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["completions"]  # written apart (write_completions): one measurement can hold 10^5 of them
+        return data
+
+    def write_completions(self, path: str) -> None:
+        """Every completion as gzip-compressed JSONL, one object a completion (needs save_completions)."""
+        if self.completions is None:
+            raise ValueError("this result holds no completions: measure with save_completions=True")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with gzip.open(path + ".partial", "wt", encoding="utf-8") as f:
+            for row in self.completions:
+                f.write(json.dumps({"step": self.step, "set": self.dataset, **row}, default=str) + "\n")
+        os.replace(path + ".partial", path)
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_json())
@@ -319,6 +347,13 @@ def measure_pass_at_k(
         examples.append(
             {"prompt": row[config.prompt_column], "answer": row[config.answer_column], "completions": completions}
         )
+    every = None
+    if config.save_completions:
+        every = [
+            {"problem": i, "prompt": row[config.prompt_column], "answer": row[config.answer_column], **completion}
+            for i, (row, tally) in enumerate(zip(rows, tallies))
+            for completion in tally.every
+        ]
     return PassAtKResult(
         dataset=dataset_name,
         step=step,
@@ -340,6 +375,7 @@ def measure_pass_at_k(
         wall_time_s=time.time() - start,
         examples=examples,
         verifier_timeouts=sum(t.timeouts for t in tallies),
+        completions=every,
     )
 
 
@@ -351,8 +387,9 @@ class _Tally:
     c: int
     tokens: list[int]
     truncated: list[bool]
-    kept: list[str]  # the first few completions, for the JSON
+    kept: list[dict]  # the first few completions (text, verdict, tokens, truncated), for the JSON
     timeouts: int = 0  # completions counted wrong because the verifier timed out
+    every: list[dict] = field(default_factory=list)  # all of them, with save_completions
 
     def joined(self, other: _Tally) -> _Tally:
         return _Tally(
@@ -362,6 +399,7 @@ class _Tally:
             self.truncated + other.truncated,
             (self.kept + other.kept)[:COMPLETIONS_KEPT],
             self.timeouts + other.timeouts,
+            self.every + other.every,
         )
 
 
@@ -433,5 +471,12 @@ class _Draw:
                 verdicts = self.verifier.check(texts, [self.rows[i]] * len(texts))
                 tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
                 timeouts = self.verifier.timeouts - before
-                out[i] = _Tally(len(texts), int(sum(verdicts)), tokens, truncated, texts[:COMPLETIONS_KEPT], timeouts)
+                records = [
+                    {"completion": text, "correct": bool(ok), "tokens": int(n), "truncated": bool(cut)}
+                    for text, ok, n, cut in zip(texts, verdicts, tokens, truncated)
+                ]
+                every = records if self.config.save_completions else []
+                out[i] = _Tally(
+                    len(texts), int(sum(verdicts)), tokens, truncated, records[:COMPLETIONS_KEPT], timeouts, every
+                )
         return out

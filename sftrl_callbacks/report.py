@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,21 @@ def passk_curve_table(result: Any, step: int) -> Table:
     points = {**result.pass_at_k, **{k: v["estimate"] for k, v in result.extrapolated.items()}}
     rows = [[k, v, step] for k, v in sorted(points.items())]
     return Table(["k", "pass@k", "step"], rows, ("k", "pass@k"), f"{result.dataset}: pass@k vs k at step {step}")
+
+
+COMPLETION_COLUMNS = ["problem", "prompt", "completion", "correct", "expected", "tokens", "truncated"]
+
+
+def completions_table(result: Any, step: int) -> Table:
+    """The first completions of the first problems of a `PassAtKResult` (its `examples`), to read in a tracker."""
+    rows = []
+    for i, example in enumerate(result.examples):
+        for c in example["completions"]:
+            if isinstance(c, str):  # results written before verdicts were kept
+                c = {"completion": c, "correct": None, "tokens": None, "truncated": None}
+            prompt = example["prompt"] if isinstance(example["prompt"], str) else json.dumps(example["prompt"])
+            rows.append([i, prompt, c["completion"], c["correct"], example["answer"], c["tokens"], c["truncated"]])
+    return Table(COMPLETION_COLUMNS, rows, title=f"{result.dataset}: sampled completions at step {step}")
 
 
 def run_panels(
@@ -56,18 +72,83 @@ def _load(output_dir: str) -> dict:
             flags.append(r)
         elif isinstance(r.get("value"), (int, float)):
             series[r["name"]][int(r["step"])] = float(r["value"])
-    curves = defaultdict(dict)  # set -> step -> {k: value}
+    results: dict[str, dict[int, dict]] = defaultdict(dict)  # set -> step -> the measurement's JSON
     for p in layout.passk_step_files(output_dir):
         with open(p, encoding="utf-8") as f:
             data = json.load(f)
-        points = {int(k): v for k, v in data["pass_at_k"].items()}
-        points.update({int(k): v["estimate"] for k, v in data.get("extrapolated", {}).items()})
-        curves[data["dataset"]][int(data["step"])] = points
+        results[data["dataset"]][int(data["step"])] = data
     rl_start = None
     if os.path.exists(layout.rl_start_path(output_dir)):
         with open(layout.rl_start_path(output_dir), encoding="utf-8") as f:
             rl_start = json.load(f)
-    return {"series": series, "flags": flags, "curves": curves, "rl_start": rl_start}
+    return {"series": series, "flags": flags, "results": results, "rl_start": rl_start}
+
+
+def _interval(result: Mapping[str, Any] | None, k: int) -> tuple[float, float, float] | None:
+    """(estimate, low, high) of pass@k in one measurement's JSON: measured with its bootstrap interval, else
+    extrapolated with its own; None when the measurement has no such k."""
+    if result is None:
+        return None
+    measured, extrapolated = result["pass_at_k"].get(str(k)), result.get("extrapolated", {}).get(str(k))
+    if measured is not None and str(k) in result.get("ci", {}):
+        ci = result["ci"][str(k)]
+        return measured, ci["low"], ci["high"]
+    if extrapolated is not None:
+        return extrapolated["estimate"], extrapolated["low"], extrapolated["high"]
+    return None
+
+
+def _watched(data: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """The pass@k set and large k the report centres on: the RL-start choice's, else the first set's largest k."""
+    metric = (data["rl_start"] or {}).get("metrics", {}).get("passk_metric")
+    parsed = parse_name(metric) if metric else None
+    if parsed is not None and parsed.k is not None:
+        return parsed.dataset, parsed.k
+    for name, by_step in data["results"].items():
+        ks = {int(k) for result in by_step.values() for k in result["pass_at_k"]}
+        if ks:
+            return name, max(ks)
+    return None, None
+
+
+def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per saved checkpoint the RL-start choice ranked (else per pass@k measurement after step 0):
+    step, held-out loss, pass@1 and pass@large-k with 95 % intervals, readiness score, flags, picked."""
+    passk_set, k = _watched(data)
+    rl_start = data["rl_start"] or {}
+    loss_name = next((n for n in data["series"] if n.startswith("sftrl/heldout/") and n.endswith("/loss")), None)
+    losses = data["series"].get(loss_name, {}) if loss_name else {}
+    scores = {r["step"]: r["score"] for r in rl_start.get("ranking", [])}
+    excluded = {e["step"]: e["reason"] for e in rl_start.get("excluded", [])}
+    by_step = data["results"].get(passk_set, {}) if passk_set else {}
+    steps = sorted(set(scores) | set(excluded)) or sorted(s for s in by_step if s > 0)
+    rows = []
+    for step in steps:
+        result = by_step.get(step)
+        flags = [f["name"].rsplit("/", 1)[1] for f in data["flags"] if f.get("began_step", math.inf) <= step]
+        rows.append(
+            {
+                "step": step,
+                "heldout_loss": losses.get(step),
+                "pass@1": _interval(result, 1),
+                f"pass@{k}": _interval(result, k) if k else None,
+                "score": scores.get(step),
+                "flags": ", ".join(flags) + (f" (excluded: {excluded[step]})" if step in excluded else ""),
+                "picked": step == rl_start.get("step"),
+            }
+        )
+    return rows
+
+
+def _plot_band(ax, by_step: Mapping[int, Mapping], k: int, label: str, color: str) -> None:
+    points = [(s, iv) for s, r in sorted(by_step.items()) if s > 0 and (iv := _interval(r, k)) is not None]
+    if points:
+        steps = [s for s, _ in points]
+        ax.plot(steps, [iv[0] for _, iv in points], "o-", ms=3, color=color, label=label)
+        ax.fill_between(steps, [iv[1] for _, iv in points], [iv[2] for _, iv in points], color=color, alpha=0.2)
+    base = _interval(by_step.get(0), k)
+    if base is not None:
+        ax.axhline(base[0], color=color, ls=":", lw=1.5, label=f"{label} at step 0 (before SFT)")
 
 
 def render_report(output_dir: str) -> tuple[str, str]:
@@ -78,7 +159,8 @@ def render_report(output_dir: str) -> tuple[str, str]:
     import matplotlib.pyplot as plt
 
     data = _load(output_dir)
-    series, flags, curves, rl_start = data["series"], data["flags"], data["curves"], data["rl_start"]
+    series, flags, results, rl_start = data["series"], data["flags"], data["results"], data["rl_start"]
+    passk_set, large_k = _watched(data)
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax_loss, ax_passk, ax_curve, ax_gap = axes.ravel()
 
@@ -98,35 +180,48 @@ def render_report(output_dir: str) -> tuple[str, str]:
             ax.axvline(rl_start["step"], color="tab:green", lw=2, alpha=0.6)
 
     parsed = {name: metric for name in series if (metric := parse_name(name)) is not None}
-    for name, metric in sorted(parsed.items(), key=lambda item: (item[1].dataset or "", item[1].k or 0)):
+    for name, metric in sorted(parsed.items(), key=lambda item: item[1].dataset or ""):
+        if metric.group != "heldout" or metric.field not in ("loss", "gap"):
+            continue
         points = series[name]
-        steps = sorted(points)
-        if metric.group == "heldout" and metric.field in ("loss", "gap"):
-            ax = ax_loss if metric.field == "loss" else ax_gap
-            ax.plot(steps, [points[s] for s in steps], "o-", ms=3, label=metric.dataset)
-        if metric.k is not None:
-            ax_passk.plot(steps, [points[s] for s in steps], "o-", ms=3, label=f"{metric.dataset} pass@{metric.k}")
+        steps = [s for s in sorted(points) if s > 0]
+        ax = ax_loss if metric.field == "loss" else ax_gap
+        (line,) = ax.plot(steps, [points[s] for s in steps], "o-", ms=3, label=metric.dataset)
+        if 0 in points and metric.field == "loss":
+            ax.axhline(points[0], color=line.get_color(), ls=":", lw=1.5, label=f"{metric.dataset} at step 0")
+    if passk_set:
+        by_step = results[passk_set]
+        _plot_band(ax_passk, by_step, 1, f"{passk_set} pass@1", "tab:blue")
+        if large_k and large_k != 1:
+            _plot_band(ax_passk, by_step, large_k, f"{passk_set} pass@{large_k}", "tab:orange")
     ax_loss.set(title="held-out loss vs step (token-weighted NLL)", xlabel="step", ylabel="loss")
-    ax_passk.set(title="pass@k vs step", xlabel="step", ylabel="pass@k", ylim=(-0.02, 1.02))
+    ax_passk.set(
+        title="pass@k vs step (bands: 95 % bootstrap intervals over problems)",
+        xlabel="step",
+        ylabel="pass@k",
+        ylim=(-0.02, 1.02),
+    )
     ax_gap.set(title="held-out minus training loss", xlabel="step", ylabel="gap")
     for ax in (ax_loss, ax_passk, ax_gap):
         mark(ax)
         if ax.lines:
             ax.legend(fontsize=7)
     cmap = plt.get_cmap("viridis")
-    for name, by_step in curves.items():
+    for name, by_step in results.items():
         steps = sorted(by_step)
         for i, step in enumerate(steps):
-            ks = sorted(by_step[step])
-            ax_curve.plot(
-                ks,
-                [by_step[step][k] for k in ks],
-                "o-",
-                ms=3,
-                color=cmap(i / max(1, len(steps) - 1)),
-                label=f"{name} step {step}",
-            )
-    ax_curve.set(title="pass@k vs k per checkpoint", xlabel="k", ylabel="pass@k", xscale="log", ylim=(-0.02, 1.02))
+            ks = sorted({int(k) for k in by_step[step]["pass_at_k"]} | {int(k) for k in by_step[step]["extrapolated"]})
+            points = [(k, iv) for k in ks if (iv := _interval(by_step[step], k)) is not None]
+            if not points:
+                continue
+            xs = [k for k, _ in points]
+            color = "black" if step == 0 else cmap(i / max(1, len(steps) - 1))
+            label = f"{name} step 0 (before SFT)" if step == 0 else f"{name} step {step}"
+            line = "--" if step == 0 else "-"
+            ax_curve.plot(xs, [iv[0] for _, iv in points], marker="o", ms=3, ls=line, color=color, label=label)
+            ax_curve.fill_between(xs, [iv[1] for _, iv in points], [iv[2] for _, iv in points], alpha=0.12, color=color)
+    ax_curve.set(title="pass@k vs k per checkpoint (95 % bands)", xlabel="k", ylabel="pass@k", xscale="log")
+    ax_curve.set_ylim(-0.02, 1.02)
     if ax_curve.lines:
         ax_curve.legend(fontsize=7)
     title = "sftrl report"
@@ -137,28 +232,81 @@ def render_report(output_dir: str) -> tuple[str, str]:
     png, page_path = layout.report_paths(output_dir)
     fig.savefig(png, dpi=90)
     plt.close(fig)
+    with open(page_path, "w", encoding="utf-8") as f:
+        f.write(_page(output_dir, data, png, large_k))
+    return png, page_path
 
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, tuple):
+        return f"{value[0]:.{digits}f} [{value[1]:.{digits}f}, {value[2]:.{digits}f}]"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _page(output_dir: str, data: Mapping[str, Any], png: str, large_k: int | None) -> str:
+    rl_start, flags = data["rl_start"], data["flags"]
     with open(png, "rb") as f:
         encoded = base64.b64encode(f.read()).decode()
-    rows = "".join(
+    start = (
+        f"<p><b>Pick for RL:</b> step {rl_start['step']} &mdash; <code>{html.escape(rl_start['path'])}</code><br>"
+        f"<b>Why:</b> {html.escape(rl_start['why'])}<br><small>score = {html.escape(rl_start['score_formula'])}"
+        "</small></p>"
+        if rl_start
+        else "<p>No RL-start checkpoint chosen (no RLReadinessCallback, or no checkpoint saved).</p>"
+    )
+    k_label = f"pass@{large_k}" if large_k else "pass@large-k"
+    head = ["step", "held-out loss", "pass@1 [95 % CI]", f"{k_label} [95 % CI]", "readiness score", "flags", "pick"]
+    body = "".join(
+        f"<tr{' style=background:#dfd' if row['picked'] else ''}><td>{row['step']}</td>"
+        f"<td>{_fmt(row['heldout_loss'], 4)}</td><td>{_fmt(row['pass@1'])}</td>"
+        f"<td>{_fmt(row.get(k_label) if large_k else None)}</td><td>{_fmt(row['score'])}</td>"
+        f"<td>{html.escape(row['flags'])}</td><td>{'&#10004; RL start' if row['picked'] else ''}</td></tr>"
+        for row in candidate_rows(data)
+    )
+    candidates = (
+        "<h2>Candidates</h2><table border=1 cellpadding=4><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + f"</tr>{body or '<tr><td colspan=7>no saved checkpoint measured</td></tr>'}</table>"
+        "<p><small>Intervals: percentile bootstrap over problems (measured k) or the beta-binomial fit's "
+        "bootstrap (k above the samples per problem), as each measurement's JSON records. Flags: those that "
+        "began at or before the step.</small></p>"
+    )
+    flag_rows = "".join(
         f"<tr><td>{f['step']}</td><td>{html.escape(f['name'].rsplit('/', 1)[1])}</td><td>{f['began_step']}</td>"
         f"<td>{html.escape(f.get('detail', ''))}</td></tr>"
         for f in flags
     )
-    start = (
-        f"<p><b>RL start:</b> step {rl_start['step']} &mdash; <code>{html.escape(rl_start['path'])}</code><br>"
-        f"{html.escape(rl_start['why'])}</p>"
-        if rl_start
-        else "<p>No RL-start checkpoint chosen (no RLReadinessCallback, or no checkpoint saved).</p>"
-    )
-    page = (
+    return (
         "<!doctype html><meta charset='utf-8'><title>sftrl report</title>"
         "<body style='font-family:sans-serif;max-width:1200px'>"
-        f"<h1>sftrl report: {html.escape(os.path.abspath(output_dir))}</h1>{start}"
+        f"<h1>sftrl report: {html.escape(os.path.abspath(output_dir))}</h1>{start}{candidates}"
         f"<img alt='sftrl report' style='width:100%' src='data:image/png;base64,{encoded}'>"
         "<h2>Flags</h2><table border=1 cellpadding=4><tr><th>confirmed at</th><th>flag</th><th>began at</th>"
-        f"<th>detail</th></tr>{rows or '<tr><td colspan=4>none</td></tr>'}</table></body>"
+        f"<th>detail</th></tr>{flag_rows or '<tr><td colspan=4>none</td></tr>'}</table>"
+        f"{_completions_html(data)}</body>"
     )
-    with open(page_path, "w", encoding="utf-8") as f:
-        f.write(page)
-    return png, page_path
+
+
+def _completions_html(data: Mapping[str, Any], per_checkpoint: int = 2) -> str:
+    parts = []
+    for name, by_step in data["results"].items():
+        for step, result in sorted(by_step.items()):
+            shown = []
+            for example in result.get("examples", []):
+                for c in example["completions"][:1]:
+                    if isinstance(c, str):
+                        c = {"completion": c, "correct": None}
+                    verdict = {True: "&#10004; correct", False: "&#10008; wrong", None: ""}[c["correct"]]
+                    shown.append(
+                        f"<li>{verdict} (expected {html.escape(str(example['answer']))})<pre>"
+                        f"{html.escape(str(example['prompt']))}{html.escape(c['completion'])}</pre></li>"
+                    )
+                if len(shown) >= per_checkpoint:
+                    break
+            if shown:
+                parts.append(f"<h3>{html.escape(name)}, step {step}</h3><ul>{''.join(shown)}</ul>")
+    if not parts:
+        return ""
+    return "<h2>Sampled completions (the first of the first problems, per measurement)</h2>" + "".join(parts)

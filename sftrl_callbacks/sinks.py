@@ -1,10 +1,10 @@
-"""Where results go: the `MetricSink` protocol and its W&B, JSONL and trainer-log sinks.
+"""Where results go: the `MetricSink` protocol, its JSONL and trainer-log sinks (trackers: `trackers.py`).
 
 A sink takes scalars (`log`), events (`event`: a flag, a stop, a chosen checkpoint), run summaries
 (`summary`) and media (`media`: a `Table`, optionally drawn as a line chart, or an `Image`). Only
 `log` is required: a sink without one of the other methods simply does not receive that kind.
-Every metric sits on the trainer's global-step axis. W&B gets it under its own name (`sftrl/...`)
-with `train/global_step` as the x-axis; the JSONL file keeps everything when W&B is down or absent.
+Every metric sits on the trainer's global-step axis; the JSONL file keeps everything when a tracker is
+down or absent.
 
 The JSONL sink appends whole lines in one write (so `io.read_jsonl` can skip a torn last line); a non-finite
 value is written as `null` with the reason (`"invalid": "nan"`).
@@ -12,7 +12,6 @@ value is written as `null` with the reason (`"invalid": "nan"`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -26,12 +25,6 @@ from typing import Any, Protocol, runtime_checkable
 from .io import count_lines, invalid_reason, json_safe, plain
 
 logger = logging.getLogger("sftrl_callbacks")
-
-STEP_METRIC = "train/global_step"
-
-
-def is_wandb_available() -> bool:
-    return importlib.util.find_spec("wandb") is not None
 
 
 @dataclass(frozen=True)
@@ -106,74 +99,6 @@ class JsonlSink:
             f.write("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)
         self.lines = len(kept)
-
-
-def reports_to_wandb(report_to: str | Sequence[str] | None) -> bool:
-    """Whether `TrainingArguments.report_to` asks for W&B ("all" means every installed integration)."""
-    if report_to is None:
-        return False
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    return "wandb" in names or ("all" in names and is_wandb_available())
-
-
-class WandbSink:
-    """Logs to the active W&B run, on the `train/global_step` axis, when the trainer reports to W&B.
-
-    It never passes an explicit `step=` to `wandb.log`: W&B drops points whose step is below its
-    current one, and the trainer's own W&B callback advances that step on every log call.
-    """
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled and is_wandb_available()
-        self._defined_for = None
-
-    @property
-    def run(self):
-        if not self.enabled:
-            return None
-        import wandb
-
-        run = wandb.run
-        if run is not None and self._defined_for is not run:
-            run.define_metric(STEP_METRIC)
-            run.define_metric("sftrl/*", step_metric=STEP_METRIC, step_sync=True)
-            self._defined_for = run
-        return run
-
-    def log(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
-        run = self.run
-        if run is not None:
-            values = {k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items() if v is not None}
-            run.log({**values, STEP_METRIC: int(step)})
-
-    def event(self, step: int, name: str, detail: str = "", alert: bool = False, **payload: Any) -> None:
-        run = self.run
-        if run is None or not alert:
-            return
-        try:
-            run.alert(title=payload.get("title", name), text=detail)
-        except Exception as err:  # offline runs may refuse alerts; the event is in the metrics anyway
-            logger.warning("W&B alert %r not sent: %s", name, err)
-
-    def summary(self, values: Mapping[str, Any]) -> None:
-        run = self.run
-        if run is not None:
-            run.summary.update(json_safe(dict(values)))
-
-    def media(self, step: int, name: str, item: Table | Image) -> None:
-        run = self.run
-        if run is None:
-            return
-        import wandb
-
-        if isinstance(item, Image):
-            objects = {name: wandb.Image(item.path, caption=item.caption)}
-        else:
-            table = wandb.Table(columns=item.columns, data=item.rows)
-            objects = {name: table}
-            if item.line is not None:
-                objects = {name: wandb.plot.line(table, *item.line, title=item.title)}
-        run.log({**objects, STEP_METRIC: int(step)})
 
 
 class TrainerLogSink:

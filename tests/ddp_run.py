@@ -31,8 +31,16 @@ def main(out: str, zero3: bool = False) -> None:
     splits = make_splits(n_train=2000, n_heldout_sft=7, n_heldout_problems=7, seed=0)
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=15, batch_size=2)
     sampler, dynamic_sampler = CountingSampler(), CountingSampler()
+    # No step-0 pass@k: the test compares each rank's sampling work with one process measuring the two saved
+    # checkpoints (the held-out loss still measures step 0 on the ranks).
     passk = PassAtKCallback(
-        {"mixed": splits.heldout_problems}, verifier=StepVerifier(), sampler=sampler, n=4, max_new_tokens=30, seed=3
+        {"mixed": splits.heldout_problems},
+        verifier=StepVerifier(),
+        sampler=sampler,
+        n=4,
+        max_new_tokens=30,
+        seed=3,
+        measure_at_start=False,
     )
     # Dynamic allocation: rounds after the first go to unsolved problems, seeded per (round, problem) as well.
     dynamic = PassAtKCallback(
@@ -44,6 +52,7 @@ def main(out: str, zero3: bool = False) -> None:
         initial_n=2,
         max_new_tokens=30,
         seed=3,
+        measure_at_start=False,
     )
     readiness = RLReadinessCallback(watch=[loss, passk])
     deepspeed = None

@@ -32,7 +32,7 @@ def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbe
     background, readiness = _run(tmp_path / "background", tokenizer, splits, background=True)
     assert background.errors == 0 and background.saves.pending == 0
     by_step = {r.step: r for r in background.results["mixed"]}
-    assert sorted(by_step) == [30, 60]
+    assert sorted(by_step) == [0, 30, 60]  # the step-0 baseline is measured in the training process
     for expected in inline.results["mixed"]:
         got = by_step[expected.step]
         assert got.c == expected.c and got.n == expected.n  # same checkpoint, code, config and seeds
@@ -40,7 +40,7 @@ def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbe
     out = tmp_path / "background" / "out"
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     steps = {r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@8"}
-    assert steps == {30, 60}
+    assert steps == {0, 30, 60}
     assert (out / "checkpoint-30" / "sftrl" / "passk_mixed.json").exists()
     rl_start = json.loads((out / "sftrl" / "rl_start.json").read_text())
     assert rl_start["metrics"]["passk"] is not None and rl_start["metrics"]["passk_metric"].endswith("pass@8")
@@ -58,7 +58,13 @@ def test_a_failing_background_job_is_reported_and_training_goes_on(tmp_path, tok
     if torch.cuda.is_available():
         pytest.skip("needs a device the child cannot use; this machine has CUDA")
     passk = PassAtKCallback(
-        splits.heldout_problems, verifier="toy-steps", n=4, max_new_tokens=20, background=True, background_device="cuda"
+        splits.heldout_problems,
+        verifier="toy-steps",
+        n=4,
+        max_new_tokens=20,
+        background=True,
+        background_device="cuda",
+        measure_at_start=False,
     )
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [passk], max_steps=20, save_steps=10)
     with caplog.at_level(logging.ERROR, logger="sftrl_callbacks"):
@@ -94,7 +100,8 @@ def test_a_resumed_run_measures_again_what_its_checkpoint_had_pending(tmp_path, 
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-20"))
     assert second.errors == 0 and second.saves.pending == 0
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
-    assert sorted(r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@4") == [10, 20, 30]
+    # step 0 once: the resumed run does not measure its baseline again
+    assert sorted(r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@4") == [0, 10, 20, 30]
     before = {r.step: r.c for r in first.results["mixed"]}
     after = {r.step: r.c for r in second.results["mixed"]}
     assert after[20] == before[20]  # the same checkpoint measured with the same seeds

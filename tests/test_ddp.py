@@ -40,6 +40,7 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
     # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
     assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"] and rank0["dynamic"] == rank1["dynamic"]
     assert rank0["checkpoints"] == rank1["checkpoints"] == [30, 60]
+    assert rank0["loss"][0][0] == 0  # the step-0 baseline, measured on both ranks before the first step
     if how == "zero3":
         # The Trainer hands callbacks accelerate's wrapper of DeepSpeed's optimizer, through which pass@k sampling
         # gathers the parameters once and lifts DeepSpeed's hooks from every module (the root keeps one of its own).

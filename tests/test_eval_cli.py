@@ -81,7 +81,8 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
     offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_tuned.json"))
     assert offline.c == during.c and offline.n == during.n == [6] * 6
     assert offline.examples == during.examples  # the same completions, cut at the same stop strings
-    assert any(c.endswith(";") for e in during.examples for c in e["completions"])  # the stop strings acted
+    # the stop strings acted
+    assert any(c["completion"].endswith(";") for e in during.examples for c in e["completions"])
 
 
 def test_eval_rejects_bad_arguments(tmp_path):

@@ -27,8 +27,8 @@ def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits,
 
     records = read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")
     jsonl = _losses(records)
-    # every 10 steps, plus the saves at 15 and 30 (the end)
-    assert sorted(jsonl) == [10, 15, 20, 30]
+    # the step-0 baseline, every 10 steps, plus the saves at 15 and 30 (the end)
+    assert sorted(jsonl) == [0, 10, 15, 20, 30]
     assert all(r["dataset"] == "mixed" for r in records)
     assert all(r["n_tokens"] > 0 for r in records if r["name"] == "sftrl/heldout/mixed/loss")
 
@@ -54,7 +54,7 @@ def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits,
     # The gap is taken against the training loss the trainer logged at the same step.
     gaps = {r["step"]: r for r in records if r["name"] == "sftrl/heldout/mixed/gap"}
     train = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
-    assert sorted(gaps) == sorted(jsonl)
+    assert sorted(gaps) == sorted(jsonl)[1:]  # no training loss at step 0
     for step, record in gaps.items():
         assert record["train_loss_step"] == step
         assert record["value"] == pytest.approx(jsonl[step] - train[step], abs=1e-9)
@@ -81,9 +81,9 @@ def test_works_without_wandb_and_with_eval_strategy(tmp_path, tokenizer, splits)
         if "sftrl/heldout/heldout/loss" in h
     }
     evals = {h["step"]: h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h}
-    assert sorted(ours) == [10, 20]
+    assert sorted(ours) == [0, 10, 20]
     # One eval batch holds the whole set, so the trainer's eval_loss is also token-weighted.
-    for step in ours:
+    for step in evals:
         assert math.isclose(ours[step], evals[step], abs_tol=1e-4)
 
 
@@ -111,7 +111,7 @@ def test_monitor_failure_does_not_kill_training_unless_strict(tmp_path, tokenize
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=10, save_steps=10)
     with caplog.at_level(logging.ERROR, logger="sftrl_callbacks"):
         trainer.train()
-    assert trainer.state.global_step == 10 and cb.errors == 2
+    assert trainer.state.global_step == 10 and cb.errors == 3  # step 0 (the baseline), 5 and 10
     assert "held-out loss failed" in caplog.text
     assert os.path.isdir(tmp_path / "out" / "checkpoint-10")
 

@@ -99,8 +99,8 @@ def test_reused_callbacks_start_clean_in_a_second_run(tmp_path, tokenizer, split
     records = read_jsonl(tmp_path / "two" / "out" / "sftrl" / "metrics.jsonl")
     losses = _loss_steps(records, "sftrl/heldout/mixed/loss")
     mins = _loss_steps(records, "sftrl/heldout/mixed/loss_min")
-    assert sorted(losses) == [10] and mins[10] == losses[10] > best_first  # its own minimum, not run one's
-    assert [s for s, _ in loss.history["sftrl/heldout/mixed/loss"]] == [10]
+    assert sorted(losses) == [0, 10] and mins[10] == losses[10] > best_first  # its own minimum, not run one's
+    assert [s for s, _ in loss.history["sftrl/heldout/mixed/loss"]] == [0, 10]  # the step-0 baseline, then 10
     assert readiness.checkpoints == [10] and readiness.rl_start["step"] == 10
 
 

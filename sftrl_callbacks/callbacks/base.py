@@ -23,7 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..checks import require
 from ..distributed import Shard, current_shard
 from ..hub import RunHub, Source, hub_for
-from ..records import Record
+from ..records import Record, parse_name
 from ..sinks import MetricSink
 
 logger = logging.getLogger("sftrl_callbacks")
@@ -50,6 +50,21 @@ class ScheduleConfig:
     every_n_steps: int | None = field(default=None, metadata={"help": "Measure every N optimizer steps (None: off)."})
     on_save: bool = field(default=True, metadata={"help": "Measure on every step the trainer saves a checkpoint."})
     on_train_end: bool = field(default=True, metadata={"help": "Measure at the end of training."})
+    measure_at_start: bool = field(
+        default=True,
+        metadata={
+            "help": "Measure once before the first optimizer step (the model as SFT receives it): the baseline of "
+            "every chart and of the report."
+        },
+    )
+    on_evaluate: bool = field(
+        default=False,
+        metadata={
+            "help": "Also measure on the steps the trainer evaluates (eval_strategy) and add the values to its "
+            "evaluation metrics as eval_sftrl/..., where metric_for_best_model and EarlyStoppingCallback read them. "
+            "On by itself when metric_for_best_model names one of this callback's metrics."
+        },
+    )
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
 
     def check_schedule(self, owner: str, measures_elsewhere: bool = False) -> None:
@@ -185,10 +200,69 @@ class ScheduledMonitor(MonitorCallback):
     """
 
     _what = "measurement"
+    _group = ""  # the metric-name group of what it measures ("heldout", "passk")
 
     def _start_run(self) -> None:
         super()._start_run()
         self._last_step = -1
+        self._measure_on_evaluate = self.config.on_evaluate
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+        self._attach(args, state)
+        self._prepare(args, processing_class)
+        self._check_evaluation(args)
+        if self.config.measure_at_start and state.global_step == 0:
+            self._measure_once(state, model, processing_class, optimizer)
+
+    def _prepare(self, args: TrainingArguments, processing_class: Any) -> None:
+        """What a measurement needs from the run (its tokenizer, the SFTConfig), set up at train start."""
+
+    # -- the trainer's best-model selection and early stopping -----------------------------------
+    def metric_fields(self) -> set[str]:
+        """The fields of `sftrl/<group>/<set>/<field>` this callback logs, as metric_for_best_model may name them."""
+        return set()
+
+    def _check_evaluation(self, args: TrainingArguments) -> None:
+        """Measure on eval steps when `metric_for_best_model` names one of this callback's metrics (and check it)."""
+        wanted = getattr(args, "metric_for_best_model", None) or ""
+        parsed = parse_name(wanted.removeprefix("eval_"))
+        if parsed is not None and parsed.group == self._group and parsed.dataset in self.source().sets:
+            if parsed.field not in self.metric_fields():
+                raise ValueError(
+                    f"metric_for_best_model={wanted!r}: {type(self).__name__} logs no {parsed.field!r} for set "
+                    f"{parsed.dataset!r}; it logs {sorted(self.metric_fields())}."
+                )
+            higher_is_better = parsed.group == "passk"
+            if bool(args.greater_is_better) != higher_is_better:
+                raise ValueError(
+                    f"metric_for_best_model={wanted!r} is better when {'higher' if higher_is_better else 'lower'}: "
+                    f"set greater_is_better={higher_is_better}."
+                )
+            self._check_best_model_source()
+            self._measure_on_evaluate = True
+        if self._measure_on_evaluate and args.eval_strategy == "no":
+            raise ValueError(
+                f"{type(self).__name__}(on_evaluate=True) measures on evaluation steps, but eval_strategy='no': set "
+                "eval_strategy (and an eval_dataset), or turn on_evaluate off."
+            )
+
+    def _check_best_model_source(self) -> None:
+        """Raise when this callback cannot have its value ready at the trainer's evaluation."""
+
+    def _eval_metrics(self, step: int) -> dict[str, float]:
+        """This step's values under the evaluation's names (`eval_sftrl/...`)."""
+        out = {}
+        for name, points in self.history.items():
+            if points and points[-1][0] == step and points[-1][1] is not None and math.isfinite(points[-1][1]):
+                out[f"eval_{name}"] = float(points[-1][1])
+        return out
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The evaluation's metrics dict is the one the trainer logs, then hands to every callback's on_evaluate
+        # and to its best-model choice: values put in here reach both, whatever the callback order.
+        if logs and any(key.startswith("eval_") for key in logs):
+            logs.update(self._eval_metrics(state.global_step))
+        super().on_log(args, state, control, logs=logs, **kwargs)
 
     def export_state(self) -> dict:
         return {**super().export_state(), "last_step": self._last_step}
@@ -215,6 +289,7 @@ class ScheduledMonitor(MonitorCallback):
         return bool(
             (every and state.global_step % every == 0)
             or (self.config.on_save and control.should_save)
+            or (self._measure_on_evaluate and control.should_evaluate)
             or (self.config.on_train_end and control.should_training_stop)
         )
 
@@ -231,12 +306,9 @@ class ScheduledMonitor(MonitorCallback):
             self._log_this_step(control)
 
     def on_epoch_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
-        # Epoch-based saves are decided in DefaultFlowCallback.on_epoch_end, which runs before this.
-        if (
-            self.config.on_save
-            and control.should_save
-            and self._measure_once(state, model, processing_class, optimizer)
-        ):
+        # Epoch-based saves and evaluations are decided in DefaultFlowCallback.on_epoch_end, which runs first.
+        due = (self.config.on_save and control.should_save) or (self._measure_on_evaluate and control.should_evaluate)
+        if due and self._measure_once(state, model, processing_class, optimizer):
             self._log_this_step(control)
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):

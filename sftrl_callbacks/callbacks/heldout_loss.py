@@ -67,6 +67,7 @@ class HeldOutLossCallback(ScheduledMonitor):
     """
 
     _what = "held-out loss"
+    _group = "heldout"
 
     def __init__(
         self,
@@ -112,8 +113,10 @@ class HeldOutLossCallback(ScheduledMonitor):
     def source(self) -> Source:
         return Source("loss", tuple(self.datasets))  # no sets: the trainer's eval names them
 
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
-        self._attach(args, state)
+    def metric_fields(self) -> set[str]:
+        return {"loss", "loss_min", "loss_min_step", "loss_smoothed", "gap"}
+
+    def _prepare(self, args, processing_class) -> None:
         if self.config.use_trainer_eval and args.eval_strategy == "no":
             raise ValueError(
                 "HeldOutLossCallback(use_trainer_eval=True) re-logs the trainer's eval loss, but eval_strategy='no': "

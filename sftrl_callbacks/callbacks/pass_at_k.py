@@ -21,8 +21,9 @@ from ..checks import require
 from ..distributed import Shard
 from ..hub import Source
 from ..measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
+from ..passk import default_ks
 from ..records import passk_name
-from ..report import passk_curve_table
+from ..report import completions_table, passk_curve_table
 from ..sampling import HFSampler, Sampler
 from ..sinks import MetricSink
 from ..verifiers import GuardedVerifier, Verifier, make_verifier, probe_verifier
@@ -80,6 +81,7 @@ class PassAtKCallback(ScheduledMonitor):
     """
 
     _what = "pass@k"
+    _group = "passk"
 
     def __init__(
         self,
@@ -110,8 +112,20 @@ class PassAtKCallback(ScheduledMonitor):
             )
         self.verifier_name = verifier if isinstance(verifier, str) else None
 
-    def on_train_begin(self, args, state, control, processing_class=None, **kwargs):
-        self._attach(args, state)
+    def metric_fields(self) -> set[str]:
+        measured = self.config.measured_ks()
+        asked = set(self.config.ks or default_ks(self.config.n))
+        extrapolated = set(self.config.extrapolate_ks) | asked - set(measured)
+        return {f"pass@{k}" for k in measured} | {f"pass@{k}_extrapolated" for k in extrapolated}
+
+    def _check_best_model_source(self) -> None:
+        if self.config.background:
+            raise ValueError(
+                "metric_for_best_model names a pass@k that PassAtKCallback(background=True) measures in another "
+                "process: its value arrives after the trainer's evaluation has chosen. Set background=False."
+            )
+
+    def _prepare(self, args, processing_class) -> None:
         tokenizer = text_tokenizer(processing_class)
         if tokenizer is None:
             raise ValueError(
@@ -138,7 +152,7 @@ class PassAtKCallback(ScheduledMonitor):
             )
         if self.config.background and not self.saves.takes_saves:
             self.saves = BackgroundPassAtK(
-                layout.background_dir(self.hub.output_dir),
+                self.hub.output_dir,
                 self.problems,
                 self.verifier_name,
                 self.config,
@@ -263,8 +277,15 @@ class PassAtKCallback(ScheduledMonitor):
     def _record_result(self, step: int, name: str, result: PassAtKResult) -> None:
         self.results[name].append(result)
         self.hub.write_json(self._step_path(step, name), result.to_json())
+        if result.completions is not None and self.hub.is_main:  # measured here (a background job writes its own)
+            path = layout.completions_path(self.hub.output_dir, step, name)
+            self._safely("writing the completions", result.write_completions, path)
+            result.completions = None  # on disk now; the results kept in memory stay small
         self.send(result.to_record(step))
-        self.hub.media(step, passk_name(name, f"curve_step_{step}"), passk_curve_table(result, step), self.extra_sinks)
+        if self.hub.takes_media(self.extra_sinks):
+            curve, completions = passk_curve_table(result, step), completions_table(result, step)
+            self.hub.media(step, passk_name(name, f"curve_step_{step}"), curve, self.extra_sinks)
+            self.hub.media(step, passk_name(name, "completions"), completions, self.extra_sinks)
 
     def _step_path(self, step: int, name: str) -> str:
         return layout.passk_step_path(self.hub.output_dir, step, name)

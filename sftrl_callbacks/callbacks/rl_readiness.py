@@ -229,6 +229,10 @@ class RLReadinessCallback(MonitorCallback):
             )
 
     def _on_record(self, source: TrainerCallback, record: Record) -> None:
+        # The step-0 baseline (measure_at_start) is the model SFT received: a reference for the charts and the
+        # report, not a point of the SFT trajectory whose turns the flags and the stop policy watch.
+        if record.step == 0:
+            return
         if self.watch is None or source in self.watch:
             self._safely("readiness update", self._update, record)
 
