@@ -4,7 +4,8 @@
 
 Runs `sftrl demo --report-to trackio` (trackio's database under DIR/trackio), starts trackio's dashboard on
 localhost for that project, opens it in Debian's Chromium (`apt-get install chromium`) with the X-axis set
-to `train/global_step` and the metrics filtered to `sftrl/`, and saves the screenshot. It prints each
+to `train/global_step`, no smoothing, and the metrics filtered to the held-out loss, pass@1 and pass@64, and
+saves the screenshot. It prints each
 command it ran and what the database holds.
 """
 
@@ -62,7 +63,8 @@ def main() -> int:
     if chromium is None:
         print("no chromium on PATH: apt-get install chromium", file=sys.stderr)
         return 1
-    env = {**os.environ, "TRACKIO_DIR": os.path.join(os.path.abspath(ns.out), "trackio")}
+    os.environ["TRACKIO_DIR"] = os.path.join(os.path.abspath(ns.out), "trackio")  # before trackio is imported
+    env = dict(os.environ)
     if not ns.reuse:
         shutil.rmtree(ns.out, ignore_errors=True)
         demo = [sys.executable, "-m", "sftrl_callbacks.cli", "demo", "--report-to", "trackio", "--quiet"]
@@ -82,10 +84,12 @@ def main() -> int:
     try:
         base = f"http://127.0.0.1:{port}/"
         wait_for(base)
-        url = f"{base}?project={PROJECT}&x_axis=train/global_step&metric_filter=sftrl/(heldout|passk)/mixed/(loss|pass)"
+        # the held-out loss, pass@1 and pass@64, unsmoothed, against the trainer's step
+        view = "x_axis=train/global_step&smoothing=0&metric_filter=mixed/(loss|pass@1|pass@64)$"
+        url = f"{base}?project={PROJECT}&{view}"
         png = os.path.abspath(ns.png)
         with_profile = [f"--user-data-dir={os.path.join(os.path.abspath(ns.out), 'chromium-profile')}"]
-        shot = [chromium, *CHROMIUM_FLAGS, *with_profile, "--window-size=1600,1300", "--virtual-time-budget=20000"]
+        shot = [chromium, *CHROMIUM_FLAGS, *with_profile, "--window-size=1600,1000", "--virtual-time-budget=20000"]
         shot += [f"--screenshot={png}", url]
         print("$", " ".join(shot), flush=True)
         subprocess.run(shot, check=True, timeout=180, capture_output=True)

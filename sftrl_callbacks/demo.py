@@ -14,9 +14,9 @@ from .sampling import HFSampler, SamplingParams
 from .toy import build_model, build_tokenizer, final_answer, make_splits
 from .trackers import is_wandb_available
 
-# What the demo measures, chosen so the callbacks block at most 10 % of the SFT wall time on 2 CPU cores
-# (see the README's demo figures): 8 held-out loss measurements of 128 examples, pass@64 on 24 problems
-# at the two saves.
+# What the demo measures, chosen so the callbacks block about 10 % of the SFT wall time on 2 CPU cores
+# (docs/cost.md) before the step-0 baseline, which adds one held-out loss and one pass@k measurement:
+# 8 held-out loss measurements of 128 examples, pass@64 on 24 problems at the two saves.
 DEMO_HELDOUT = {"max_examples": 128, "batch_size": 64}
 DEMO_PASSK = {"n": 64, "num_problems": 24, "max_new_tokens": 48}
 
@@ -24,9 +24,9 @@ DEMO_PASSK = {"n": 64, "num_problems": 24, "max_new_tokens": 48}
 def demo_settings(max_steps: int = 400) -> str:
     """The demo's monitor settings in words (printed next to its figures)."""
     return (
-        f"held-out loss of {DEMO_HELDOUT['max_examples']} examples every {max(1, max_steps // 8)} steps; "
-        f"pass@k from {DEMO_PASSK['n']} samples (T=1) of each of {DEMO_PASSK['num_problems']} problems at the "
-        "two saves, strict step verifier, unbiased estimator"
+        f"held-out loss of {DEMO_HELDOUT['max_examples']} examples at step 0 and every {max(1, max_steps // 8)} "
+        f"steps; pass@k from {DEMO_PASSK['n']} samples (T=1) of each of {DEMO_PASSK['num_problems']} problems at "
+        "step 0 (the baseline) and the two saves, strict step verifier, unbiased estimator"
     )
 
 

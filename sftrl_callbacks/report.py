@@ -113,7 +113,8 @@ def _watched(data: Mapping[str, Any]) -> tuple[str | None, int | None]:
 
 def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per saved checkpoint the RL-start choice ranked (else per pass@k measurement after step 0):
-    step, held-out loss, pass@1 and pass@large-k with 95 % intervals, readiness score, flags, picked."""
+    step, held-out loss, pass@1 and pass@large-k with 95 % intervals, readiness score, flags, picked; first
+    the step-0 baseline, when measured (the model before SFT: a reference, not a candidate)."""
     passk_set, k = _watched(data)
     rl_start = data["rl_start"] or {}
     loss_name = next((n for n in data["series"] if n.startswith("sftrl/heldout/") and n.endswith("/loss")), None)
@@ -122,6 +123,8 @@ def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     excluded = {e["step"]: e["reason"] for e in rl_start.get("excluded", [])}
     by_step = data["results"].get(passk_set, {}) if passk_set else {}
     steps = sorted(set(scores) | set(excluded)) or sorted(s for s in by_step if s > 0)
+    if 0 in by_step or 0 in losses:
+        steps = [0, *steps]
     rows = []
     for step in steps:
         result = by_step.get(step)
@@ -133,7 +136,9 @@ def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "pass@1": _interval(result, 1),
                 f"pass@{k}": _interval(result, k) if k else None,
                 "score": scores.get(step),
-                "flags": ", ".join(flags) + (f" (excluded: {excluded[step]})" if step in excluded else ""),
+                "flags": "baseline: the model before SFT, not a checkpoint"
+                if step == 0
+                else ", ".join(flags) + (f" (excluded: {excluded[step]})" if step in excluded else ""),
                 "picked": step == rl_start.get("step"),
             }
         )

@@ -101,9 +101,10 @@ def test_report_shows_the_candidates_with_intervals_the_pick_and_the_baseline(ru
     rows = candidate_rows(data)
     with open(os.path.join(output_dir, "sftrl", "rl_start.json"), encoding="utf-8") as f:
         rl_start = json.load(f)
-    assert [r["step"] for r in rows] == [15, 30]  # the saved checkpoints; step 0 is the baseline, not a candidate
+    assert [r["step"] for r in rows] == [0, 15, 30]  # the baseline, then the saved checkpoints
+    assert rows[0]["score"] is None and rows[0]["flags"].startswith("baseline")  # a reference, not a candidate
     assert [r["step"] for r in rows if r["picked"]] == [rl_start["step"]]
-    for row in rows:
+    for row in rows[1:]:
         for key in ("pass@1", "pass@4"):
             estimate, low, high = row[key]
             assert low <= estimate <= high
