@@ -52,6 +52,7 @@ def test_quick_study_runs_resumes_and_analyses(tmp_path):
     tables = run(os.path.join(STUDY, "analyze.py"), out)
     for section in ("## Noise and effect sizes", "## Fits: target post-RL pass@1", "## Per SFT run"):
         assert section in tables
+    assert "| earlier checkpoint |" in tables and "rule minus last checkpoint" in tables
     assert (tmp_path / "study.png").stat().st_size > 0
     rows = read_table(str(tmp_path / "results.jsonl"))
     assert len(rows) == 8 and all(len(r["post_rl_by_seed"]) == 2 for r in rows)
@@ -68,3 +69,26 @@ def read_table_tolerant(path):
         except json.JSONDecodeError:
             continue
     return out
+
+
+def test_matched_pairs_split_by_step_with_baselines_and_sign_tests():
+    """The matched-pair analysis on three hand-made candidates: one same-step pair, two across steps."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("analyze", os.path.join(STUDY, "analyze.py"))
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+
+    def candidate(name, step, p64, post):
+        return {"name": name, "run": name, "step": step, "pass@1": 0.1, "pass@64": p64, "post_rl_pass@1": post}
+
+    cands = [candidate("a", 400, 0.5, 0.3), candidate("b", 400, 0.6, 0.4), candidate("c", 600, 0.4, 0.2)]
+    lines = analyze.matched_table(cands, ["pass@64", "step"], np.random.default_rng(0))
+    text = "\n".join(lines)
+    assert "3 pairs" in text and "1 at the same SFT step, 2 at different steps" in text
+    assert "| pass@64 | 3, 1.00 [" in text  # b over a, a over c, b over c: all right after RL
+    assert "| later checkpoint (step) | 2, 0.00 [0.00, 0.00] | 0, - | 2, 0.00 [0.00, 0.00] |" in text
+    assert "| earlier checkpoint | 2, 1.00 [1.00, 1.00] | 0, - | 2, 1.00 [1.00, 1.00] |" in text
+    assert "| pass@64 vs step | 2 | 2 | 0 | 0.50 |" in text  # exact binomial, 2 of 2, two-sided

@@ -84,7 +84,11 @@ def ci95(values) -> tuple[float, float]:
 
 
 def fmt_ci(value: float, interval: tuple[float, float], digits: int = 3) -> str:
-    return f"{value:+.{digits}f} [{interval[0]:+.{digits}f}, {interval[1]:+.{digits}f}]"
+    def signed(x: float) -> str:
+        text = f"{x:+.{digits}f}"
+        return text if float(text) != 0 else f"{0:.{digits}f}"  # no "-0.000"
+
+    return f"{signed(value)} [{signed(interval[0])}, {signed(interval[1])}]"
 
 
 # -- the pilot: is the RL effect above its noise, and how much does the SFT seed move things? --------
@@ -95,6 +99,7 @@ def noise_table(candidates: list[dict]) -> list[str]:
         gain = [c["rl_gain"] for c in done]
         spread = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done]
         se = [float(np.mean(c["post_rl_se"])) for c in done]
+        above = sum(abs(g) > s for g, s in zip(gain, spread))
         lines += [
             f"| RL gain (post-RL minus post-SFT pass@1, mean over RL seeds) | {np.median(gain):+.3f} | "
             f"{np.mean(gain):+.3f} | {len(done)} |",
@@ -102,6 +107,7 @@ def noise_table(candidates: list[dict]) -> list[str]:
             f"{np.mean(spread):.3f} | {len(done)} |",
             f"| standard error of one post-RL pass@1 (sampling only) | {np.median(se):.4f} | {np.mean(se):.4f} | "
             f"{len(done)} |",
+            f"| candidates whose RL gain exceeds their own RL seed spread | {above} of {len(done)} | | {len(done)} |",
         ]
     pairs = defaultdict(dict)
     for c in candidates:
@@ -150,8 +156,14 @@ def fits_table(candidates: list[dict], signals: list[str], target: str = "post_r
     return lines
 
 
+EARLIER = "earlier checkpoint"  # a baseline: of two candidates, the one saved at the earlier SFT step
+
+
 def signal_prefers(signal: str, a: dict, b: dict) -> int:
-    """+1 when the signal ranks a above b, -1 for b, 0 on a tie (lower loss is better; later step is 'last')."""
+    """+1 when the signal ranks a above b, -1 for b, 0 on a tie (lower loss is better; `step` prefers the later
+    checkpoint, EARLIER the earlier one)."""
+    if signal == EARLIER:
+        return 0 if a["step"] == b["step"] else (1 if a["step"] < b["step"] else -1)
     x, y = a[signal], b[signal]
     if x is None or y is None or x == y:
         return 0
@@ -159,55 +171,99 @@ def signal_prefers(signal: str, a: dict, b: dict) -> int:
     return 1 if better else -1
 
 
-def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Generator) -> list[str]:
-    """Pairs of candidates with post-SFT pass@1 within MATCH: does each signal pick the better one after RL?"""
+def matched_pairs(candidates: list[dict]) -> tuple[list[dict], list[tuple[int, int]]]:
+    """(candidates with RL results, index pairs of those whose post-SFT pass@1 differ by at most MATCH)."""
     done = [c for c in candidates if c["post_rl_pass@1"] is not None]
-    pairs = [(a, b) for a, b in itertools.combinations(done, 2) if abs(a["pass@1"] - b["pass@1"]) <= MATCH]
-    spreads = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done if len(c["post_rl_by_seed"]) > 1]
-    noise = float(np.median(spreads)) if spreads else 0.0
-    clear = [(a, b) for a, b in pairs if abs(a["post_rl_pass@1"] - b["post_rl_pass@1"]) > noise]
+    pairs = [
+        (i, j)
+        for i, j in itertools.combinations(range(len(done)), 2)
+        if abs(done[i]["pass@1"] - done[j]["pass@1"]) <= MATCH
+    ]
+    return done, pairs
+
+
+def pair_outcomes(signal: str, done: list[dict], pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: whether the signal decides it, and its win (1, 1/2 on equal post-RL, 0; nan when undecided)."""
+    decided, wins = np.zeros(len(pairs), bool), np.full(len(pairs), np.nan)
+    for p, (i, j) in enumerate(pairs):
+        pick = signal_prefers(signal, done[i], done[j])
+        if pick:
+            chosen, other = (done[i], done[j]) if pick > 0 else (done[j], done[i])
+            x, y = chosen["post_rl_pass@1"], other["post_rl_pass@1"]
+            decided[p], wins[p] = True, 0.5 if x == y else float(x > y)
+    return decided, wins
+
+
+def candidate_bootstrap(done, pairs, subset, decided, wins, rng) -> tuple[float, tuple[float, float], int]:
+    """Agreement over the pairs in `subset` and its 95 % interval from resampling *candidates*: each resample
+    draws the candidates with replacement and weighs a pair by how often both of its candidates were drawn
+    (pairs share candidates, so resampling pairs would understate the spread)."""
+    idx = np.array([p for p in subset if decided[p]], dtype=int)
+    if idx.size == 0:
+        return float("nan"), (float("nan"), float("nan")), 0
+    a = np.array([pairs[p][0] for p in idx])
+    b = np.array([pairs[p][1] for p in idx])
+    w = wins[idx]
+    counts = rng.multinomial(len(done), np.full(len(done), 1 / len(done)), size=RESAMPLES)
+    weight = counts[:, a] * counts[:, b]
+    total = weight.sum(1)
+    boot = (weight @ w)[total > 0] / total[total > 0]
+    return float(w.mean()), ci95(boot), int(idx.size)
+
+
+def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Generator) -> list[str]:
+    """Pairs of candidates with post-SFT pass@1 within MATCH: does each signal pick the better one after RL,
+    at the same SFT step and across steps, beside the "earlier checkpoint" and "later checkpoint" baselines?"""
+    from scipy.stats import binomtest
+
+    done, pairs = matched_pairs(candidates)
+    same = [p for p, (i, j) in enumerate(pairs) if done[i]["step"] == done[j]["step"]]
+    other = [p for p, (i, j) in enumerate(pairs) if done[i]["step"] != done[j]["step"]]
+    involved = Counter(x for pair in pairs for x in pair)
     lines = [
-        f"{len(pairs)} pairs of candidates whose post-SFT pass@1 differ by <= {MATCH} (among {len(done)}); "
-        f"{sum(a['run'] == b['run'] for a, b in pairs)} of them within one SFT run; in {len(clear)} the post-RL "
-        f"pass@1 differ by more than the median RL seed spread ({noise:.3f}): 'clear pairs'.",
-        "Agreement: share of pairs where the signal's pick has the higher post-RL pass@1 (ties in the signal "
-        "left out, equal post-RL counts 1/2; 0.5 = chance). Regret: mean post-RL pass@1 lost against the better "
-        "of the pair. 95 % "
-        f"percentile bootstrap over pairs ({RESAMPLES} resamples; pairs share candidates, so the intervals are "
-        "optimistic).",
+        f"{len(pairs)} pairs of candidates whose post-SFT pass@1 differ by <= {MATCH} (among {len(done)} candidates "
+        f"with RL results): {len(same)} at the same SFT step, {len(other)} at different steps; "
+        f"{sum(done[i]['run'] == done[j]['run'] for i, j in pairs)} within one SFT run; {len(involved)} candidates "
+        f"take part, the most in {max(involved.values(), default=0)} pairs.",
+        "Agreement: share of decided pairs where the signal's pick has the higher post-RL pass@1 (equal post-RL "
+        "counts 1/2; 0.5 = chance). 95 % CI: percentile bootstrap over *candidates* "
+        f"({RESAMPLES} resamples; a pair counts as often as both its candidates are drawn). 'later checkpoint' is "
+        "the `step` signal; 'earlier checkpoint' prefers the earlier step. Neither decides pairs at the same step.",
         "",
-        "| signal | pairs decided | agreement [95 % CI] | regret [95 % CI] | clear pairs: agreement [95 % CI] |",
-        "|---|---|---|---|---|",
+        "| signal | all pairs: decided, agreement [95 % CI] | same step | different steps |",
+        "|---|---|---|---|",
     ]
     if not pairs:
         return lines
-
-    def score(signal: str, subset: list) -> tuple[int, str, str]:
-        wins, regrets = [], []
-        for a, b in subset:
-            pick = signal_prefers(signal, a, b)
-            if pick == 0:
-                continue
-            chosen = a if pick > 0 else b
-            other = b if pick > 0 else a
-            x, y = chosen["post_rl_pass@1"], other["post_rl_pass@1"]
-            wins.append(0.5 if x == y else float(x > y))
-            regrets.append(max(a["post_rl_pass@1"], b["post_rl_pass@1"]) - chosen["post_rl_pass@1"])
-        if not wins:
-            return 0, "-", "-"
-        wins, regrets = np.array(wins), np.array(regrets)
-        boot = rng.integers(0, len(wins), (RESAMPLES, len(wins)))
-        w_ci, r_ci = ci95(wins[boot].mean(1)), ci95(regrets[boot].mean(1))
-        return (
-            len(wins),
-            f"{wins.mean():.2f} [{w_ci[0]:.2f}, {w_ci[1]:.2f}]",
-            f"{regrets.mean():.3f} [{r_ci[0]:.3f}, {r_ci[1]:.3f}]",
-        )
-
-    for signal in signals:
-        decided, agreement, regret = score(signal, pairs)
-        clear_decided, clear_agreement, _ = score(signal, clear)
-        lines.append(f"| {signal} | {decided} | {agreement} | {regret} | {clear_agreement} ({clear_decided}) |")
+    outcomes = {}
+    for signal in [*signals, EARLIER]:
+        decided, wins = pair_outcomes(signal, done, pairs)
+        outcomes[signal] = (decided, wins)
+        cells = []
+        for subset in (range(len(pairs)), same, other):
+            value, interval, n = candidate_bootstrap(done, pairs, list(subset), decided, wins, rng)
+            cells.append(f"{n}, {value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if n else "0, -")
+        name = "later checkpoint (step)" if signal == "step" else signal
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Where two signals pick differently (both decide, opposite picks): how often each was right, and a two-sided "
+        "sign test (exact binomial, p = 0.5). Pairs share candidates, so the p-values are optimistic.",
+        "",
+        "| signal A vs signal B | pairs where they disagree | A right | B right | sign test p |",
+        "|---|---|---|---|---|",
+    ]
+    names = [*signals, EARLIER]
+    for x, y in itertools.combinations(names, 2):
+        (dx, wx), (dy, wy) = outcomes[x], outcomes[y]
+        both = dx & dy
+        disagree = [p for p in np.flatnonzero(both) if wx[p] != wy[p] and wx[p] != 0.5]
+        if not disagree:
+            continue
+        right_x = int(sum(wx[p] == 1.0 for p in disagree))
+        n = len(disagree)
+        p_value = binomtest(right_x, n, 0.5).pvalue
+        lines.append(f"| {x} vs {y} | {n} | {right_x} | {n - right_x} | {p_value:.2f} |")
     return lines
 
 
@@ -220,6 +276,7 @@ def rules(k: int) -> dict:
     return {
         LIBRARY: lambda cps: next(c for c in cps if c["rl_start"]),
         "last checkpoint": lambda cps: max(cps, key=lambda c: c["step"]),
+        "one save before the last": lambda cps: sorted(cps, key=lambda c: c["step"])[-2 if len(cps) > 1 else -1],
         "best post-SFT pass@1": lambda cps: max(cps, key=lambda c: (c["pass@1"], c["step"])),
         "lowest held-out loss": lambda cps: min(cps, key=lambda c: (c["heldout_loss"], -c["step"])),
         f"best pass@{k}": lambda cps: max(cps, key=lambda c: (c[f"pass@{k}"], c["step"])),
@@ -255,10 +312,11 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
     # Hierarchical bootstrap: resample SFT runs, and within each run the RL seeds of every checkpoint.
     names = list(runs)
 
-    def diff(rule: str, run_idx, seed_draw) -> float:
+    def diff(rule: str, run_idx, seed_draw, minus: str = LIBRARY) -> float:
+        """Mean over runs of (the `minus` rule's pick minus this rule's pick), post-RL pass@1."""
         out = []
         for i in run_idx:
-            a, b = picks[names[i]][LIBRARY], picks[names[i]][rule]
+            a, b = picks[names[i]][minus], picks[names[i]][rule]
             out.append(seed_draw(a) - seed_draw(b))
         return float(np.mean(out))
 
@@ -278,11 +336,12 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
         f"oracle, post-RL pass@1. 95 % CI: hierarchical percentile bootstrap ({RESAMPLES} resamples: SFT runs "
         "resampled, and within each run the RL seeds of every checkpoint; the oracle is re-chosen in each resample).",
         "",
-        "| rule | library minus rule [95 % CI] | runs library better / tied / worse | regret vs oracle [95 % CI] |",
-        "|---|---|---|---|",
+        "| rule | library minus rule [95 % CI] | runs library better / tied / worse | regret vs oracle [95 % CI] "
+        "| rule minus last checkpoint [95 % CI] | runs rule better / tied / worse than last |",
+        "|---|---|---|---|---|---|",
     ]
     for rule in rules(k):
-        boots_d, boots_r = [], []
+        boots_d, boots_r, boots_l = [], [], []
         for _ in range(RESAMPLES):
             run_idx = rng.integers(0, len(names), len(names))
             cache: dict[str, float] = {}
@@ -295,14 +354,18 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
 
             boots_d.append(diff(rule, run_idx, draw))
             boots_r.append(regret(rule, run_idx, draw))
+            boots_l.append(-diff(rule, run_idx, draw, minus="last checkpoint"))
         all_idx = range(len(names))
         d = diff(rule, all_idx, mean_of_seeds)
         per_run = [picks[n][LIBRARY]["post_rl_pass@1"] - picks[n][rule]["post_rl_pass@1"] for n in names]
         tally = f"{sum(x > 0 for x in per_run)} / {sum(x == 0 for x in per_run)} / {sum(x < 0 for x in per_run)}"
         dcell = "0 (same pick)" if rule == LIBRARY else fmt_ci(d, ci95(boots_d), 4)
+        vs_last = [picks[n][rule]["post_rl_pass@1"] - picks[n]["last checkpoint"]["post_rl_pass@1"] for n in names]
+        last_tally = f"{sum(x > 0 for x in vs_last)} / {sum(x == 0 for x in vs_last)} / {sum(x < 0 for x in vs_last)}"
+        lcell = fmt_ci(-diff(rule, all_idx, mean_of_seeds, minus="last checkpoint"), ci95(boots_l), 4)
         lines.append(
             f"| {rule} | {dcell} | {tally if rule != LIBRARY else '-'} | "
-            f"{fmt_ci(regret(rule, all_idx, mean_of_seeds), ci95(boots_r), 4)} |"
+            f"{fmt_ci(regret(rule, all_idx, mean_of_seeds), ci95(boots_r), 4)} | {lcell} | {last_tally} |"
         )
     return lines
 

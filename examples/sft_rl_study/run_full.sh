@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 out=${1:-results}
 export WANDB_MODE=disabled
-python run_study.py --pilot --rl-seeds 0 1 2 --out "$out"
-python run_study.py --out "$out"
+python run_study.py --pilot --rl-seeds 0 1 --out "$out"
+python run_study.py --skip-zero-passk --out "$out"
 python analyze.py "$out"
 signals="pass@1 pass@64 heldout_loss readiness_score step"
 sftrl fit "$out/results.jsonl" --target post_rl_pass@1 --signals $signals \

@@ -47,6 +47,11 @@ REGIMES = {
     "short-19k": (19_200, SHORT),  # no 5-step examples: short-only data
 }
 PILOT_REGIME = "mixed-19k"
+# The early-stopping pilot (--turn-pilot): fewer rows and more steps, so the held-out loss turns within the
+# run while pass@k is not yet near zero; saves every 100 steps around the turn. SFT only: RL comes after.
+TURN_REGIMES = {"mixed-300": (300, MIXED), "mixed-600": (600, MIXED), "mixed-1200": (1_200, MIXED)}
+TURN_SETTINGS = {"sft_steps": 1200, "save_every": 100}
+ALL_REGIMES = {**REGIMES, **TURN_REGIMES}
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ def sft_data(regime: str, sft_seed: int, heldout: set[str]):
     """The SFT rows of one run: the regime's size and step mix, drawn by the SFT seed, held-out prompts left out."""
     from sftrl_callbacks.toy import make_splits
 
-    rows, weights = REGIMES[regime]
+    rows, weights = ALL_REGIMES[regime]
     return make_splits(
         n_train=rows,
         train_steps=tuple(range(1, len(weights) + 1)),
@@ -167,12 +172,13 @@ def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device
 
     t0 = time.time()
     tokenizer, heldout_sft, problems, _, heldout = world(settings)
-    rows, weights = REGIMES[regime]
+    rows, weights = ALL_REGIMES[regime]
     data = sft_data(regime, sft_seed, heldout)
     model = build_model(tokenizer, seed=sft_seed)
     loss_cb = HeldOutLossCallback({"heldout": heldout_sft}, every_n_steps=max(1, settings.save_every // 3))
     passk_cb = PassAtKCallback(
         {"problems": problems},
+        measure_at_start=False,  # the candidates are checkpoints; the untrained model's pass@k is 0
         verifier=StepVerifier(),
         n=settings.passk_n,
         ks=sorted({1, 8, settings.passk_n}),
@@ -381,6 +387,12 @@ def main() -> None:
         action="store_true",
         help="send to RL only checkpoints with post-SFT pass@k > 0 (GRPO cannot learn where no sample is right)",
     )
+    parser.add_argument(
+        "--turn-pilot",
+        action="store_true",
+        help=f"the early-stopping pilot: regimes {list(TURN_REGIMES)}, {TURN_SETTINGS}, SFT only",
+    )
+    parser.add_argument("--sft-only", action="store_true", help="no RL jobs")
     parser.add_argument("--workers", type=int, default=2, help="jobs side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (jobs share the device)")
@@ -391,9 +403,12 @@ def main() -> None:
     regimes = ns.regimes or ([PILOT_REGIME] if ns.pilot else list(REGIMES))
     if ns.quick:
         regimes = ns.regimes or ["mixed-300", "short-19k"]
-    unknown = set(regimes) - set(REGIMES)
+    if ns.turn_pilot:
+        settings = Settings(**{**asdict(settings), **TURN_SETTINGS})
+        regimes = ns.regimes or list(TURN_REGIMES)
+    unknown = set(regimes) - set(ALL_REGIMES)
     if unknown:
-        parser.error(f"unknown regimes {sorted(unknown)}; use {list(REGIMES)}")
+        parser.error(f"unknown regimes {sorted(unknown)}; use {list(ALL_REGIMES)}")
     os.makedirs(ns.out, exist_ok=True)
     runs_dir = os.path.join(ns.out, "runs")
     sft_path, rl_path = os.path.join(ns.out, "sft.jsonl"), os.path.join(ns.out, "rl.jsonl")
@@ -409,7 +424,9 @@ def main() -> None:
     run_jobs(jobs, ns, sft_path, describe_sft)
 
     runs = [r for r in read_rows(sft_path, settings) if r["regime"] in regimes and r["sft_seed"] in ns.sft_seeds]
-    runs.sort(key=lambda r: (r["sft_seed"], list(REGIMES).index(r["regime"])))
+    runs.sort(key=lambda r: (r["sft_seed"], list(ALL_REGIMES).index(r["regime"])))
+    if ns.sft_only or ns.turn_pilot:
+        return
     candidates = [c for run in runs for c in run["checkpoints"]]
     if ns.pilot:  # RL from the last two checkpoints of the first seed's run: the RL effect and its seed noise
         candidates = min(runs, key=lambda r: r["sft_seed"])["checkpoints"][-2:]
