@@ -370,6 +370,41 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
     return lines
 
 
+# -- where the held-out loss turns, and what RL could still gain there ------------------------------------
+def turn_table(runs: list[dict], candidates: list[dict], k: int) -> list[str]:
+    """Per SFT run: the held-out loss minimum and the flags, and pass@1 / pass@k at the checkpoints around it.
+    A run tests early stopping when its loss turns before the last checkpoint while pass@k there is well above 0
+    (RL can still gain)."""
+    lines = [
+        f"Per SFT run: the held-out loss minimum (step, value), the last value, the readiness flags, and post-SFT "
+        f"pass@1 / pass@{k} at the saved checkpoints nearest the minimum and at the last. 'Turn with headroom': the "
+        f"minimum lies before the last checkpoint and pass@{k} at the checkpoint nearest it is >= 0.1.",
+        "",
+        f"| SFT run | loss min (step) | last loss (step) | flags | nearest checkpoint: pass@1 / pass@{k} | "
+        f"last checkpoint: pass@1 / pass@{k} | turn with headroom |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        name = f"{run['regime']}-s{run['sft_seed']}"
+        history = [(s, v) for s, v in run["heldout_loss_history"] if s > 0]
+        if not history:
+            continue
+        low_step, low = min(history, key=lambda sv: sv[1])
+        last_step, last = history[-1]
+        cps = sorted((c for c in candidates if c["run"] == name), key=lambda c: c["step"])
+        if not cps:
+            continue
+        near = min(cps, key=lambda c: (abs(c["step"] - low_step), c["step"]))
+        end = cps[-1]
+        headroom = near["step"] < end["step"] and near[f"pass@{k}"] >= 0.1
+        lines.append(
+            f"| {name} | {low:.4f} ({low_step}) | {last:.4f} ({last_step}) | {', '.join(run['flags']) or '-'} | "
+            f"@{near['step']}: {near['pass@1']:.3f} / {near[f'pass@{k}']:.3f} | "
+            f"@{end['step']}: {end['pass@1']:.3f} / {end[f'pass@{k}']:.3f} | {'yes' if headroom else 'no'} |"
+        )
+    return lines
+
+
 # -- plots --------------------------------------------------------------------------------------------
 def plot(runs: list[dict], candidates: list[dict], k: int, path: str) -> None:
     import matplotlib
@@ -447,6 +482,7 @@ def main() -> None:
             f"| {c['name']}{mark} | {c['epochs']} | {c['pass@1']:.3f} | {c[f'pass@{k}']:.3f} | "
             f"{c['heldout_loss']:.4f} | {c['readiness_score']:.3f} | {seeds} | {gain} |"
         )
+    lines += ["", "## Held-out loss turns", "", *turn_table(runs, candidates, k)]
     if sum(c["post_rl_pass@1"] is not None for c in candidates) >= 3:
         lines += ["", "## Fits: target post-RL pass@1 (all candidates)", "", *fits_table(candidates, signals)]
         lines += ["", "## Fits: target RL gain", "", *fits_table(candidates, signals, target="rl_gain")]
