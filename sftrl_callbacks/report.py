@@ -31,13 +31,18 @@ def passk_curve_table(result: Any, step: int) -> Table:
 COMPLETION_COLUMNS = ["problem", "prompt", "completion", "correct", "expected", "tokens", "truncated"]
 
 
+def completion_record(completion: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """One kept completion as a record; results written before verdicts were kept hold bare text."""
+    if isinstance(completion, str):
+        return {"completion": completion, "correct": None, "tokens": None, "truncated": None}
+    return completion
+
+
 def completions_table(result: Any, step: int) -> Table:
     """The first completions of the first problems of a `PassAtKResult` (its `examples`), to read in a tracker."""
     rows = []
     for i, example in enumerate(result.examples):
-        for c in example["completions"]:
-            if isinstance(c, str):  # results written before verdicts were kept
-                c = {"completion": c, "correct": None, "tokens": None, "truncated": None}
+        for c in map(completion_record, example["completions"]):
             prompt = example["prompt"] if isinstance(example["prompt"], str) else json.dumps(example["prompt"])
             rows.append([i, prompt, c["completion"], c["correct"], example["answer"], c["tokens"], c["truncated"]])
     return Table(COMPLETION_COLUMNS, rows, title=f"{result.dataset}: sampled completions at step {step}")
@@ -300,9 +305,7 @@ def _completions_html(data: Mapping[str, Any], per_checkpoint: int = 2) -> str:
         for step, result in sorted(by_step.items()):
             shown = []
             for example in result.get("examples", []):
-                for c in example["completions"][:1]:
-                    if isinstance(c, str):
-                        c = {"completion": c, "correct": None}
+                for c in map(completion_record, example["completions"][:1]):
                     verdict = {True: "&#10004; correct", False: "&#10008; wrong", None: ""}[c["correct"]]
                     shown.append(
                         f"<li>{verdict} (expected {html.escape(str(example['answer']))})<pre>"

@@ -24,13 +24,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import os
 import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .io import json_safe, plain
 from .sinks import Image, Table
 
 logger = logging.getLogger("sftrl_callbacks")
@@ -47,10 +47,11 @@ def is_wandb_available() -> bool:
 
 
 def finite(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers among `metrics`, tensors unwrapped; None and non-finite values left out (`io.plain`)."""
     out = {}
     for name, value in metrics.items():
-        value = value.item() if hasattr(value, "item") else value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        value = plain(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = value
     return out
 
@@ -110,8 +111,6 @@ class WandbSink:
             logger.warning("W&B alert %r not sent: %s", name, err)
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        from .io import json_safe
-
         run = self.run
         if run is not None:
             run.summary.update(json_safe(dict(values)))
@@ -182,8 +181,6 @@ class TensorBoardSink:
         self.writer.flush()
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        from .io import json_safe
-
         self.writer.add_text("sftrl/summary", "```\n" + json.dumps(json_safe(dict(values)), indent=1) + "\n```")
         self.writer.flush()
 
@@ -248,8 +245,6 @@ class MLflowSink:
             self._client.set_tag(self.run_id, f"sftrl.{mlflow_name(name)}", f"step {step}: {detail}"[:5000])
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        from .io import json_safe
-
         if self._ready():
             self._client.log_text(self.run_id, json.dumps(json_safe(dict(values)), indent=1), "sftrl/summary.json")
 
@@ -320,10 +315,6 @@ def reported(report_to: str | Sequence[str] | None) -> list[str]:
     if "all" in names:
         return [name for name, cls in TRACKERS.items() if is_available(cls.library)]
     return names
-
-
-def reports_to_wandb(report_to: str | Sequence[str] | None) -> bool:
-    return "wandb" in reported(report_to)
 
 
 TRACKERS: dict[str, type] = {
