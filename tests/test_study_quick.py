@@ -92,3 +92,26 @@ def test_matched_pairs_split_by_step_with_baselines_and_sign_tests():
     assert "| later checkpoint (step) | 2, 0.00 [0.00, 0.00] | 0, - | 2, 0.00 [0.00, 0.00] |" in text
     assert "| earlier checkpoint | 2, 1.00 [1.00, 1.00] | 0, - | 2, 1.00 [1.00, 1.00] |" in text
     assert "| pass@64 vs step | 2 | 2 | 0 | 0.50 |" in text  # exact binomial, 2 of 2, two-sided
+
+
+def test_turn_pilot_sends_to_rl_exactly_what_a_selection_rule_picks(monkeypatch):
+    """RL for the early-stopping comparison: every checkpoint some per-run rule of analyze.py picks, no other."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(STUDY)
+    spec = importlib.util.spec_from_file_location("run_study", os.path.join(STUDY, "run_study.py"))
+    study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "run_study", study)
+    spec.loader.exec_module(study)
+
+    def checkpoint(step, loss, p1, p64, pick=False):
+        return {"step": step, "heldout_loss": loss, "pass@1": p1, "pass@64": p64, "rl_start": pick}
+
+    cps = [
+        checkpoint(100, 0.9, 0.00, 0.10),
+        checkpoint(200, 0.2, 0.10, 0.50),  # lowest held-out loss
+        checkpoint(300, 0.3, 0.20, 0.60, pick=True),  # best pass@64, the library's pick
+        checkpoint(400, 0.4, 0.25, 0.55),  # one save before the last
+        checkpoint(500, 0.5, 0.30, 0.55),  # last, best pass@1
+    ]
+    assert [c["step"] for c in study.decision_candidates(cps, 64)] == [200, 300, 400, 500]

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The whole study: the pilot, the grid (resumes from its results files), the analysis and the fits.
-# See REPORT.md for the time it takes; rerun after an interruption and it carries on.
+# The whole study: the pilot, the grid, the early-stopping pilot, the analyses and the fits.
+# Every step resumes from its results files: rerun after an interruption and it carries on.
+# See REPORT.md for the time each step takes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${1:-results}
+turn=${2:-turn_pilot}
 export WANDB_MODE=disabled
 python run_study.py --pilot --rl-seeds 0 1 --out "$out"
 python run_study.py --skip-zero-passk --out "$out"
+python run_study.py --turn-pilot --sft-only --out "$turn"          # the six SFT runs
+python run_study.py --turn-pilot --regimes mixed-600 --out "$turn"  # RL from what each rule picks
 python analyze.py "$out"
+python analyze.py "$turn"
 signals="pass@1 pass@64 heldout_loss readiness_score step"
 sftrl fit "$out/results.jsonl" --target post_rl_pass@1 --signals $signals \
   --json "$out/fit_post_rl.json" --plot "$out/fit_post_rl.png"

@@ -48,7 +48,8 @@ REGIMES = {
 }
 PILOT_REGIME = "mixed-19k"
 # The early-stopping pilot (--turn-pilot): fewer rows and more steps, so the held-out loss turns within the
-# run while pass@k is not yet near zero; saves every 100 steps around the turn. SFT only: RL comes after.
+# run while pass@k is not yet near zero; saves every 100 steps around the turn. RL goes to the checkpoints the
+# per-run selection rules of analyze.py pick (the library's pick, the last, the lowest held-out loss, ...).
 TURN_REGIMES = {"mixed-300": (300, MIXED), "mixed-600": (600, MIXED), "mixed-1200": (1_200, MIXED)}
 TURN_SETTINGS = {"sft_steps": 1200, "save_every": 100}
 ALL_REGIMES = {**REGIMES, **TURN_REGIMES}
@@ -246,6 +247,15 @@ def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device
     }
 
 
+def decision_candidates(checkpoints: list[dict], k: int) -> list[dict]:
+    """The checkpoints of one SFT run that some selection rule of analyze.py picks: the ones RL must score for
+    the early-stopping comparison (the library's pick against the last checkpoint, the loss minimum, ...)."""
+    from analyze import rules
+
+    picked = {pick(checkpoints)["step"] for pick in rules(k).values()}
+    return [c for c in checkpoints if c["step"] in picked]
+
+
 def rl_job(candidate: dict, rl_seed: int, settings: Settings, work_dir: str, device: str) -> dict:
     """GRPO from one checkpoint, then post-RL pass@1 on the held-out problems."""
     from transformers import AutoModelForCausalLM
@@ -390,7 +400,8 @@ def main() -> None:
     parser.add_argument(
         "--turn-pilot",
         action="store_true",
-        help=f"the early-stopping pilot: regimes {list(TURN_REGIMES)}, {TURN_SETTINGS}, SFT only",
+        help=f"the early-stopping pilot: regimes {list(TURN_REGIMES)}, {TURN_SETTINGS}; RL from the checkpoints "
+        "analyze.py's per-run rules pick",
     )
     parser.add_argument("--sft-only", action="store_true", help="no RL jobs")
     parser.add_argument("--workers", type=int, default=2, help="jobs side by side")
@@ -425,9 +436,11 @@ def main() -> None:
 
     runs = [r for r in read_rows(sft_path, settings) if r["regime"] in regimes and r["sft_seed"] in ns.sft_seeds]
     runs.sort(key=lambda r: (r["sft_seed"], list(ALL_REGIMES).index(r["regime"])))
-    if ns.sft_only or ns.turn_pilot:
+    if ns.sft_only:
         return
     candidates = [c for run in runs for c in run["checkpoints"]]
+    if ns.turn_pilot:
+        candidates = [c for run in runs for c in decision_candidates(run["checkpoints"], settings.passk_n)]
     if ns.pilot:  # RL from the last two checkpoints of the first seed's run: the RL effect and its seed noise
         candidates = min(runs, key=lambda r: r["sft_seed"])["checkpoints"][-2:]
     if ns.skip_zero_passk:
