@@ -284,66 +284,72 @@ def rules(k: int) -> dict:
 
 
 def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> list[str]:
-    runs = defaultdict(list)
+    """Per SFT run, post-RL pass@1 of what each rule picks. A rule is scored over the runs where its pick, the
+    library's and the last checkpoint all have RL results (checkpoints no sample solved were not sent to RL)."""
+    by_run = defaultdict(list)
     for c in candidates:
-        runs[c["run"]].append(c)
-    picks = {name: {rule: pick(cps) for rule, pick in rules(k).items()} for name, cps in runs.items()}
-    undecided = sorted(name for name in runs if not all(p["post_rl_by_seed"] for p in picks[name].values()))
-    # Checkpoints not sent to RL (none of their samples was right) are left out of the oracle too.
-    runs = {
-        name: [c for c in cps if c["post_rl_by_seed"]] for name, cps in sorted(runs.items()) if name not in undecided
-    }
+        by_run[c["run"]].append(c)
+    picks = {name: {rule: pick(cps) for rule, pick in rules(k).items()} for name, cps in sorted(by_run.items())}
+    # The oracle is the best checkpoint of the run after RL, among those sent to RL.
+    runs = {name: [c for c in by_run[name] if c["post_rl_by_seed"]] for name in picks}
+    runs = {name: cps for name, cps in runs.items() if cps}
+
+    def has_rl(name: str, *rule_names: str) -> bool:
+        return all(picks[name][r]["post_rl_by_seed"] for r in rule_names)
+
     lines = [
-        "Post-RL pass@1 (mean over RL seeds) of the checkpoint each rule picks, per SFT run; 'oracle' is the best "
-        "checkpoint of the run after RL.",
+        "Post-RL pass@1 (mean over RL seeds) of the checkpoint each rule picks, per SFT run ('-': that checkpoint "
+        "was not sent to RL); 'oracle' is the run's best checkpoint after RL among those sent to RL.",
         "",
         "| SFT run | " + " | ".join(rules(k)) + " | oracle |",
         "|---|" + "---|" * (len(rules(k)) + 1),
     ]
-    if undecided:
-        lines.insert(1, f"Left out (a rule picks a checkpoint without RL results): {', '.join(undecided)}.")
     if not runs:
         return lines
     for name, cps in runs.items():
         best = max(cps, key=lambda c: c["post_rl_pass@1"])
-        cells = [f"{p['post_rl_pass@1']:.4f} (@{p['step']})" for p in picks[name].values()]
+        cells = [
+            f"{p['post_rl_pass@1']:.4f} (@{p['step']})" if p["post_rl_by_seed"] else f"- (@{p['step']})"
+            for p in picks[name].values()
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {best['post_rl_pass@1']:.4f} (@{best['step']}) |")
-
-    # Hierarchical bootstrap: resample SFT runs, and within each run the RL seeds of every checkpoint.
-    names = list(runs)
-
-    def diff(rule: str, run_idx, seed_draw, minus: str = LIBRARY) -> float:
-        """Mean over runs of (the `minus` rule's pick minus this rule's pick), post-RL pass@1."""
-        out = []
-        for i in run_idx:
-            a, b = picks[names[i]][minus], picks[names[i]][rule]
-            out.append(seed_draw(a) - seed_draw(b))
-        return float(np.mean(out))
-
-    def regret(rule: str, run_idx, seed_draw) -> float:
-        out = []
-        for i in run_idx:
-            means = {c["name"]: seed_draw(c) for c in runs[names[i]]}
-            out.append(max(means.values()) - means[picks[names[i]][rule]["name"]])
-        return float(np.mean(out))
 
     def mean_of_seeds(c):
         return float(np.mean(c["post_rl_by_seed"]))
 
+    def statistics(names: list[str], rule: str, draw) -> tuple[float, float, float]:
+        """Means over runs: library pick minus rule, the rule's regret vs the oracle, rule minus last checkpoint."""
+        d, r, last = [], [], []
+        for name in names:
+            own = draw(picks[name][rule])
+            d.append(draw(picks[name][LIBRARY]) - own)
+            r.append(max(draw(c) for c in runs[name]) - own)
+            last.append(own - draw(picks[name]["last checkpoint"]))
+        return float(np.mean(d)), float(np.mean(r)), float(np.mean(last))
+
+    def tally(values: list[float]) -> str:
+        return f"{sum(x > 0 for x in values)} / {sum(x == 0 for x in values)} / {sum(x < 0 for x in values)}"
+
     lines += [
         "",
-        f"Over {len(names)} SFT runs: mean difference (library pick minus rule) and mean regret against the run's "
-        f"oracle, post-RL pass@1. 95 % CI: hierarchical percentile bootstrap ({RESAMPLES} resamples: SFT runs "
-        "resampled, and within each run the RL seeds of every checkpoint; the oracle is re-chosen in each resample).",
+        "Mean over the SFT runs where the rule's pick, the library's and the last checkpoint all have RL results (n): "
+        "library pick minus rule, regret against the run's oracle, and rule minus last checkpoint, post-RL pass@1. "
+        f"95 % CI: hierarchical percentile bootstrap ({RESAMPLES} resamples: SFT runs resampled, and within each "
+        "run the RL seeds of every checkpoint; the oracle is re-chosen in each resample).",
         "",
-        "| rule | library minus rule [95 % CI] | runs library better / tied / worse | regret vs oracle [95 % CI] "
-        "| rule minus last checkpoint [95 % CI] | runs rule better / tied / worse than last |",
-        "|---|---|---|---|---|---|",
+        "| rule | runs (n) | library minus rule [95 % CI] | runs library better / tied / worse | "
+        "regret vs oracle [95 % CI] | rule minus last checkpoint [95 % CI] | runs rule better / tied / worse than "
+        "last |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rule in rules(k):
-        boots_d, boots_r, boots_l = [], [], []
+        names = [n for n in runs if has_rl(n, rule, LIBRARY, "last checkpoint")]
+        if not names:
+            lines.append(f"| {rule} | 0 | - | - | - | - | - |")
+            continue
+        boots = []
         for _ in range(RESAMPLES):
-            run_idx = rng.integers(0, len(names), len(names))
+            drawn = [names[i] for i in rng.integers(0, len(names), len(names))]
             cache: dict[str, float] = {}
 
             def draw(c, cache=cache):
@@ -352,20 +358,16 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
                     cache[c["name"]] = float(np.mean(rng.choice(seeds, len(seeds))))
                 return cache[c["name"]]
 
-            boots_d.append(diff(rule, run_idx, draw))
-            boots_r.append(regret(rule, run_idx, draw))
-            boots_l.append(-diff(rule, run_idx, draw, minus="last checkpoint"))
-        all_idx = range(len(names))
-        d = diff(rule, all_idx, mean_of_seeds)
-        per_run = [picks[n][LIBRARY]["post_rl_pass@1"] - picks[n][rule]["post_rl_pass@1"] for n in names]
-        tally = f"{sum(x > 0 for x in per_run)} / {sum(x == 0 for x in per_run)} / {sum(x < 0 for x in per_run)}"
-        dcell = "0 (same pick)" if rule == LIBRARY else fmt_ci(d, ci95(boots_d), 4)
-        vs_last = [picks[n][rule]["post_rl_pass@1"] - picks[n]["last checkpoint"]["post_rl_pass@1"] for n in names]
-        last_tally = f"{sum(x > 0 for x in vs_last)} / {sum(x == 0 for x in vs_last)} / {sum(x < 0 for x in vs_last)}"
-        lcell = fmt_ci(-diff(rule, all_idx, mean_of_seeds, minus="last checkpoint"), ci95(boots_l), 4)
+            boots.append(statistics(drawn, rule, draw))
+        d, r, last = statistics(names, rule, mean_of_seeds)
+        boots_d, boots_r, boots_l = zip(*boots)
+        per_run = [mean_of_seeds(picks[n][LIBRARY]) - mean_of_seeds(picks[n][rule]) for n in names]
+        vs_last = [mean_of_seeds(picks[n][rule]) - mean_of_seeds(picks[n]["last checkpoint"]) for n in names]
+        same = rule == LIBRARY
         lines.append(
-            f"| {rule} | {dcell} | {tally if rule != LIBRARY else '-'} | "
-            f"{fmt_ci(regret(rule, all_idx, mean_of_seeds), ci95(boots_r), 4)} | {lcell} | {last_tally} |"
+            f"| {rule} | {len(names)} | {'0 (same pick)' if same else fmt_ci(d, ci95(boots_d), 4)} | "
+            f"{'-' if same else tally(per_run)} | {fmt_ci(r, ci95(boots_r), 4)} | {fmt_ci(last, ci95(boots_l), 4)} | "
+            f"{tally(vs_last)} |"
         )
     return lines
 
