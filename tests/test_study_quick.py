@@ -91,7 +91,9 @@ def test_matched_pairs_split_by_step_with_baselines_and_sign_tests():
     assert "| pass@64 | 3, 1.00 [" in text  # b over a, a over c, b over c: all right after RL
     assert "| later checkpoint (step) | 2, 0.00 [0.00, 0.00] | 0, - | 2, 0.00 [0.00, 0.00] |" in text
     assert "| earlier checkpoint | 2, 1.00 [1.00, 1.00] | 0, - | 2, 1.00 [1.00, 1.00] |" in text
-    assert "| pass@64 vs step | 2 | 2 | 0 | 0.50 |" in text  # exact binomial, 2 of 2, two-sided
+    # exact binomial, 2 of 2, two-sided; pass@64 right and step wrong in both pairs, whichever candidates are drawn
+    assert "| pass@64 vs step | 2 | 2 | 0 | 0.50 | +1.00 [+1.00, +1.00] |" in text
+    assert "0 pairs are between weak candidates" in text
 
 
 def test_turn_pilot_sends_to_rl_exactly_what_a_selection_rule_picks(monkeypatch):

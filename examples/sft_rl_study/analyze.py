@@ -23,6 +23,7 @@ from sftrl_callbacks.predict import fit_table
 
 RESAMPLES = 2000
 MATCH = 0.03  # candidates whose post-SFT pass@1 differ by at most this are "matched"
+WEAK = 0.05  # a candidate below this post-SFT pass@1 is "weak": RL barely moves it here
 
 
 def read_lines(path: str) -> list[dict]:
@@ -99,7 +100,7 @@ def noise_table(candidates: list[dict]) -> list[str]:
         gain = [c["rl_gain"] for c in done]
         spread = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done]
         se = [float(np.mean(c["post_rl_se"])) for c in done]
-        above = sum(abs(g) > s for g, s in zip(gain, spread))
+        above = sum(g > s for g, s in zip(gain, spread))  # a loss, or a gain inside the seed noise, is no RL effect
         lines += [
             f"| RL gain (post-RL minus post-SFT pass@1, mean over RL seeds) | {np.median(gain):+.3f} | "
             f"{np.mean(gain):+.3f} | {len(done)} |",
@@ -107,7 +108,7 @@ def noise_table(candidates: list[dict]) -> list[str]:
             f"{np.mean(spread):.3f} | {len(done)} |",
             f"| standard error of one post-RL pass@1 (sampling only) | {np.median(se):.4f} | {np.mean(se):.4f} | "
             f"{len(done)} |",
-            f"| candidates whose RL gain exceeds their own RL seed spread | {above} of {len(done)} | | {len(done)} |",
+            f"| candidates RL raised by more than their own RL seed spread | {above} of {len(done)} | | {len(done)} |",
         ]
     pairs = defaultdict(dict)
     for c in candidates:
@@ -224,7 +225,9 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
         f"{len(pairs)} pairs of candidates whose post-SFT pass@1 differ by <= {MATCH} (among {len(done)} candidates "
         f"with RL results): {len(same)} at the same SFT step, {len(other)} at different steps; "
         f"{sum(done[i]['run'] == done[j]['run'] for i, j in pairs)} within one SFT run; {len(involved)} candidates "
-        f"take part, the most in {max(involved.values(), default=0)} pairs.",
+        f"take part, the most in {max(involved.values(), default=0)} pairs; "
+        f"{sum(max(done[i]['pass@1'], done[j]['pass@1']) < WEAK for i, j in pairs)} pairs are between weak "
+        f"candidates (both post-SFT pass@1 < {WEAK}).",
         "Agreement: share of decided pairs where the signal's pick has the higher post-RL pass@1 (equal post-RL "
         "counts 1/2; 0.5 = chance). 95 % CI: percentile bootstrap over *candidates* "
         f"({RESAMPLES} resamples; a pair counts as often as both its candidates are drawn). 'later checkpoint' is "
@@ -248,10 +251,12 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
     lines += [
         "",
         "Where two signals pick differently (both decide, opposite picks): how often each was right, and a two-sided "
-        "sign test (exact binomial, p = 0.5). Pairs share candidates, so the p-values are optimistic.",
+        "sign test (exact binomial, p = 0.5). Pairs share candidates, so the p-values are optimistic; the last "
+        "column is A's agreement minus B's over the pairs both decide, its 95 % CI from resampling candidates as "
+        "above.",
         "",
-        "| signal A vs signal B | pairs where they disagree | A right | B right | sign test p |",
-        "|---|---|---|---|---|",
+        "| signal A vs signal B | pairs where they disagree | A right | B right | sign test p | A minus B [95 % CI] |",
+        "|---|---|---|---|---|---|",
     ]
     names = [*signals, EARLIER]
     for x, y in itertools.combinations(names, 2):
@@ -263,7 +268,9 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
         right_x = int(sum(wx[p] == 1.0 for p in disagree))
         n = len(disagree)
         p_value = binomtest(right_x, n, 0.5).pvalue
-        lines.append(f"| {x} vs {y} | {n} | {right_x} | {n - right_x} | {p_value:.2f} |")
+        paired = np.where(both, wx - np.nan_to_num(wy), np.nan)
+        value, interval, _ = candidate_bootstrap(done, pairs, np.flatnonzero(both), both, paired, rng)
+        lines.append(f"| {x} vs {y} | {n} | {right_x} | {n - right_x} | {p_value:.2f} | {fmt_ci(value, interval, 2)} |")
     return lines
 
 
