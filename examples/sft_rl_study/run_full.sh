@@ -9,8 +9,11 @@ turn=${2:-turn_pilot}
 export WANDB_MODE=disabled
 python run_study.py --pilot --rl-seeds 0 1 --out "$out"
 python run_study.py --skip-zero-passk --out "$out"
-python run_study.py --turn-pilot --sft-only --out "$turn"          # the six SFT runs
-python run_study.py --turn-pilot --regimes mixed-600 --out "$turn"  # RL from what each rule picks
+# The early-stopping pilot: six SFT runs, then RL from the checkpoints the selection rules pick, as run for
+# REPORT.md (mixed-300-s1 got no RL: its loss turned where pass@64 was 0.095). `--turn-pilot` alone runs it all.
+python run_study.py --turn-pilot --sft-only --out "$turn"
+python run_study.py --turn-pilot --regimes mixed-600 mixed-1200 --out "$turn"
+python run_study.py --turn-pilot --regimes mixed-300 --sft-seeds 0 --out "$turn"
 python analyze.py "$out"
 python analyze.py "$turn"
 signals="pass@1 pass@64 heldout_loss readiness_score step"

@@ -235,7 +235,8 @@ def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device
     return {
         "regime": regime,
         "sft_seed": sft_seed,
-        "unique_rows": rows,
+        "rows": rows,  # drawn with replacement: prompts repeat
+        "distinct_prompts": len(set(data.train["prompt"])),
         "step_mix": "/".join(map(str, weights)),  # weights of 1-, 2-, ... step rows
         "rl_start_step": rl_start["step"],
         "flags": [f["kind"] + f"@{f['confirmed_step']}" for f in rl_start["flags"]],
