@@ -96,6 +96,38 @@ def test_matched_pairs_split_by_step_with_baselines_and_sign_tests():
     assert "0 pairs are between weak candidates" in text
 
 
+def test_decision_table_scores_each_rule_over_the_runs_where_its_pick_has_rl():
+    """Run a: its lowest-loss checkpoint got no RL, so that rule is shown '-' there and scored on run b only."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("analyze", os.path.join(STUDY, "analyze.py"))
+    analyze = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analyze)
+
+    def candidate(run, step, loss, start, post):
+        return {
+            "name": f"{run}@{step}", "run": run, "step": step, "pass@1": 0.1, "pass@64": 0.5, "heldout_loss": loss,
+            "rl_start": start, "post_rl_by_seed": post, "post_rl_pass@1": float(np.mean(post)) if post else None,
+        }  # fmt: skip
+
+    cands = [
+        candidate("a", 400, 0.1, False, []),
+        candidate("a", 600, 0.2, True, [0.5, 0.5]),
+        candidate("b", 400, 0.1, True, [0.3, 0.3]),
+        candidate("b", 600, 0.2, False, [0.4, 0.4]),
+    ]
+    text = "\n".join(analyze.decision_table(cands, 64, np.random.default_rng(0)))
+    assert "| a | 0.5000 (@600) | 0.5000 (@600) | - (@400) | 0.5000 (@600) | - (@400) | 0.5000 (@600) |" in text
+    # the library's pick: the last checkpoint in a, 0.1 below it in b
+    assert "| rl_start.json (library) | 2 | 0 (same pick) | - | +0.0500 [0.0000, +0.1000] | " in text
+    assert "| -0.0500 [-0.1000, 0.0000] | 0 / 1 / 1 |" in text
+    # the lowest held-out loss: n = 1 (run b), where it is the library's pick, 0.1 below the last checkpoint
+    assert "| lowest held-out loss | 1 | 0.0000 [0.0000, 0.0000] | 0 / 1 / 0 | +0.1000 [+0.1000, +0.1000] | " in text
+    assert "| -0.1000 [-0.1000, -0.1000] | 0 / 0 / 1 |" in text
+
+
 def test_turn_pilot_sends_to_rl_exactly_what_a_selection_rule_picks(monkeypatch):
     """RL for the early-stopping comparison: every checkpoint some per-run rule of analyze.py picks, no other."""
     import importlib.util

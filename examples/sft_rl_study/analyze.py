@@ -268,8 +268,7 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
         right_x = int(sum(wx[p] == 1.0 for p in disagree))
         n = len(disagree)
         p_value = binomtest(right_x, n, 0.5).pvalue
-        paired = np.where(both, wx - np.nan_to_num(wy), np.nan)
-        value, interval, _ = candidate_bootstrap(done, pairs, np.flatnonzero(both), both, paired, rng)
+        value, interval, _ = candidate_bootstrap(done, pairs, np.flatnonzero(both), both, wx - wy, rng)
         lines.append(f"| {x} vs {y} | {n} | {right_x} | {n - right_x} | {p_value:.2f} | {fmt_ci(value, interval, 2)} |")
     return lines
 
@@ -324,17 +323,21 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
     def mean_of_seeds(c):
         return float(np.mean(c["post_rl_by_seed"]))
 
-    def statistics(names: list[str], rule: str, draw) -> tuple[float, float, float]:
-        """Means over runs: library pick minus rule, the rule's regret vs the oracle, rule minus last checkpoint."""
-        d, r, last = [], [], []
+    def per_run(names: list[str], rule: str, draw) -> np.ndarray:
+        """Rows per run: library pick minus rule, the rule's regret vs the oracle, rule minus last checkpoint."""
+        out = []
         for name in names:
             own = draw(picks[name][rule])
-            d.append(draw(picks[name][LIBRARY]) - own)
-            r.append(max(draw(c) for c in runs[name]) - own)
-            last.append(own - draw(picks[name]["last checkpoint"]))
-        return float(np.mean(d)), float(np.mean(r)), float(np.mean(last))
+            out.append(
+                (
+                    draw(picks[name][LIBRARY]) - own,
+                    max(draw(c) for c in runs[name]) - own,
+                    own - draw(picks[name]["last checkpoint"]),
+                )
+            )
+        return np.array(out)
 
-    def tally(values: list[float]) -> str:
+    def tally(values: np.ndarray) -> str:
         return f"{sum(x > 0 for x in values)} / {sum(x == 0 for x in values)} / {sum(x < 0 for x in values)}"
 
     lines += [
@@ -365,16 +368,15 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
                     cache[c["name"]] = float(np.mean(rng.choice(seeds, len(seeds))))
                 return cache[c["name"]]
 
-            boots.append(statistics(drawn, rule, draw))
-        d, r, last = statistics(names, rule, mean_of_seeds)
-        boots_d, boots_r, boots_l = zip(*boots)
-        per_run = [mean_of_seeds(picks[n][LIBRARY]) - mean_of_seeds(picks[n][rule]) for n in names]
-        vs_last = [mean_of_seeds(picks[n][rule]) - mean_of_seeds(picks[n]["last checkpoint"]) for n in names]
+            boots.append(per_run(drawn, rule, draw).mean(0))
+        observed = per_run(names, rule, mean_of_seeds)
+        d, r, last = observed.mean(0)
+        boots_d, boots_r, boots_l = np.array(boots).T
         same = rule == LIBRARY
         lines.append(
             f"| {rule} | {len(names)} | {'0 (same pick)' if same else fmt_ci(d, ci95(boots_d), 4)} | "
-            f"{'-' if same else tally(per_run)} | {fmt_ci(r, ci95(boots_r), 4)} | {fmt_ci(last, ci95(boots_l), 4)} | "
-            f"{tally(vs_last)} |"
+            f"{'-' if same else tally(observed[:, 0])} | {fmt_ci(r, ci95(boots_r), 4)} | "
+            f"{fmt_ci(last, ci95(boots_l), 4)} | {tally(observed[:, 2])} |"
         )
     return lines
 

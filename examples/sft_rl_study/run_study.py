@@ -235,7 +235,7 @@ def sft_job(regime: str, sft_seed: int, settings: Settings, run_dir: str, device
     return {
         "regime": regime,
         "sft_seed": sft_seed,
-        "rows": rows,  # drawn with replacement: prompts repeat
+        "rows": rows,  # drawn independently, not kept unique: prompts repeat
         "distinct_prompts": len(set(data.train["prompt"])),
         "step_mix": "/".join(map(str, weights)),  # weights of 1-, 2-, ... step rows
         "rl_start_step": rl_start["step"],
