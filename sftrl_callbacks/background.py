@@ -159,7 +159,7 @@ def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
     """Pickle `tokenizer` to `path` for the background process and return `path`, after checking that the copy
     it will load renders, encodes and decodes `prompts` exactly as `tokenizer` does; a one-line ValueError
     refusing background mode otherwise."""
-    from .sampling import render_prompts
+    from .sampling import encode_prompts
 
     refusal = "PassAtKCallback(background=True) cannot hand the trainer's tokenizer to its background process"
     try:
@@ -168,7 +168,7 @@ def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
     except Exception as err:
         kind = type(tokenizer).__name__
         raise ValueError(f"{refusal}: pickling its {kind} failed ({err}); use background=False.") from err
-    ids, copied_ids = (t(render_prompts(t, prompts))["input_ids"] for t in (tokenizer, copy))
+    ids, copied_ids = (encode_prompts(t, prompts) for t in (tokenizer, copy))
     for prompt, a, b in zip(prompts, ids, copied_ids):
         if a != b or tokenizer.decode(a) != copy.decode(b) or tokenizer.eos_token_id != copy.eos_token_id:
             raise ValueError(

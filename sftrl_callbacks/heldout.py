@@ -54,6 +54,17 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list, **kwargs) -> d
     return dict(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs))
 
 
+def _drops_assistant_text(tokenizer: PreTrainedTokenizerBase, messages: list) -> bool:
+    """Whether the chat template leaves out part of an assistant turn (templates that strip `<think>` blocks
+    from past turns, say): the loss would then score other text than the data holds."""
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    return any(
+        isinstance(m.get("content"), str) and m["content"].strip() not in rendered
+        for m in messages
+        if m.get("role") == "assistant"
+    )
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -89,12 +100,16 @@ def prepare_examples(
         completion_only_loss = {"prompt", "completion"} <= cols
     eos = tokenizer.eos_token or ""
     examples = []
-    for row in dataset:
+    cut_by_template: list[int] = []  # rows whose assistant text the chat template leaves out in part
+    cut_by_length = 0  # rows with scored tokens past max_length
+    for index, row in enumerate(dataset):
         if "input_ids" in row:
             ids = list(row["input_ids"])
             labels = list(row["labels"]) if row.get("labels") is not None else list(ids)
         elif "prompt" in row and "completion" in row:
             if _is_conversational(row["prompt"]):
+                if _drops_assistant_text(tokenizer, row["prompt"] + row["completion"]):
+                    cut_by_template.append(index)
                 prompt_ids = _chat_ids(tokenizer, row["prompt"], add_generation_prompt=True)["input_ids"]
                 full = _chat_ids(
                     tokenizer, row["prompt"] + row["completion"], return_assistant_tokens_mask=assistant_only_loss
@@ -112,6 +127,8 @@ def prepare_examples(
                 keep = [k & m for k, m in zip(keep, full["assistant_masks"])]
             labels = [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
         elif "messages" in row:
+            if _drops_assistant_text(tokenizer, row["messages"]):
+                cut_by_template.append(index)
             full = _chat_ids(tokenizer, row["messages"], return_assistant_tokens_mask=assistant_only_loss)
             ids = full["input_ids"]
             mask = full.get("assistant_masks", [1] * len(ids))
@@ -123,6 +140,8 @@ def prepare_examples(
             labels = list(ids)
         if max_length is not None:
             cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+            dropped = labels[max_length:] if truncation_mode == "keep_start" else labels[:-max_length]
+            cut_by_length += any(t != IGNORE_INDEX for t in dropped)
             ids, labels = ids[cut], labels[cut]
         if any(t != IGNORE_INDEX for t in labels[1:]):
             examples.append(Example(list(ids), list(labels)))
@@ -130,6 +149,25 @@ def prepare_examples(
         raise ValueError(
             f"No example of the {name} dataset has a token to score after masking and truncation to "
             f"max_length={max_length}: raise max_length or check the prompt/completion columns."
+        )
+    if cut_by_template:
+        logger.warning(
+            "sftrl: the chat template leaves out part of the assistant text of %d of %d rows of the %s dataset "
+            "(first: row %d), so their loss scores other text than the data holds; check the template (some strip "
+            "reasoning blocks) or give pre-tokenized input_ids/labels",
+            len(cut_by_template),
+            len(dataset),
+            name,
+            cut_by_template[0],
+        )
+    if cut_by_length:
+        logger.warning(
+            "sftrl: %d of %d rows of the %s dataset have scored tokens past max_length=%s, cut as SFTTrainer cuts "
+            "them: their loss covers only what is left; raise max_length to score whole completions",
+            cut_by_length,
+            len(dataset),
+            name,
+            max_length,
         )
     if len(examples) < len(dataset):
         logger.warning(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from .distributed import Shard
 from .io import write_json_atomic
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
-from .sampling import HFSampler, Sampler, SamplingParams
+from .sampling import HFSampler, Sampler, SamplingParams, encode_prompts
 from .streams import prompt_seeds
 from .verifiers import GuardedVerifier, Verifier
+
+logger = logging.getLogger("sftrl_callbacks")
 
 # Completions kept per problem for the result's `examples` (of its first `num_saved_examples` problems).
 COMPLETIONS_KEPT = 4
@@ -178,6 +181,40 @@ def check_problems(problems: Dataset, config: PassAtKConfig, name: str = "proble
         )
 
 
+def context_length(model: Any) -> int | None:
+    """The most positions the model attends over (`max_position_embeddings`), None when it does not say."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def check_prompts_fit(model: Any, tokenizer: Any, problems: Dataset, config: PassAtKConfig, name: str) -> None:
+    """Raise when a prompt cannot be rendered (chat messages, no chat template); warn when the longest prompt plus
+    `max_new_tokens` runs past the model's context, where a long completion would be sampled at positions the
+    model was not trained for (garbage, or an index error with learned position embeddings)."""
+    prompts = config.used_prompts(problems)
+    try:
+        lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    except ValueError as err:
+        raise ValueError(f"Problem set {name!r}: {err}") from err
+    limit = context_length(model)
+    longest = max(lengths)
+    if limit is not None and longest + config.max_new_tokens > limit:
+        logger.warning(
+            "sftrl: problem set %r: its longest prompt (%d tokens) plus max_new_tokens=%d is %d, past the model's "
+            "context of %d positions: long completions would be sampled where the model was not trained; lower "
+            "max_new_tokens to at most %d or shorten the prompts",
+            name,
+            longest,
+            config.max_new_tokens,
+            longest + config.max_new_tokens,
+            limit,
+            max(limit - longest, 0),
+        )
+
+
 @dataclass
 class PassAtKResult:
     dataset: str
@@ -279,8 +316,9 @@ def measure_pass_at_k(
     Under DeepSpeed ZeRO-3 give it the engine's optimizer, `current_shard(engine.optimizer)`, so that sampling
     can gather the parameters once (see `sftrl_callbacks.distributed`).
     """
-    if not checked:  # PassAtKCallback checked its sets once, at construction
+    if not checked:  # PassAtKCallback checked its sets once, at construction and at train start
         check_problems(problems, config, dataset_name)
+        check_prompts_fit(model, tokenizer, problems, config, dataset_name)
     sampler = sampler or HFSampler()
     shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
@@ -319,6 +357,15 @@ def measure_pass_at_k(
     tokens = [x for t in tallies for x in t.tokens]
     truncated = [x for t in tallies for x in t.truncated]
     kept = [t.kept for t in tallies]
+    if truncated and all(truncated) and not counts_c.any():
+        logger.warning(
+            "sftrl: pass@k of %r%s: all %d completions hit max_new_tokens=%d and none was verified correct, so "
+            "pass@k is meaningless here (the answer never came): raise max_new_tokens",
+            dataset_name,
+            "" if step is None else f" at step {step}",
+            len(truncated),
+            config.max_new_tokens,
+        )
 
     # Unbiased estimates need the same n for every problem: the uniform first round. Dynamic
     # rounds add samples only where the first round found nothing, so every k above initial_n (and

@@ -38,12 +38,27 @@ def completion_record(completion: str | Mapping[str, Any]) -> Mapping[str, Any]:
     return completion
 
 
+def prompt_turns(prompt: str | Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """A prompt as (role, text) turns: a chat prompt's messages, or plain text as one turn without a role."""
+    if isinstance(prompt, str):
+        return [("", prompt)]
+    return [
+        (str(m.get("role", "")), m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content")))
+        for m in prompt
+    ]
+
+
+def prompt_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
+    """A prompt as readable text: plain text as it is, a chat prompt one `role: text` line a turn."""
+    return "\n".join(f"{role}: {text}" if role else text for role, text in prompt_turns(prompt))
+
+
 def completions_table(result: Any, step: int) -> Table:
     """The first completions of the first problems of a `PassAtKResult` (its `examples`), to read in a tracker."""
     rows = []
     for i, example in enumerate(result.examples):
         for c in map(completion_record, example["completions"]):
-            prompt = example["prompt"] if isinstance(example["prompt"], str) else json.dumps(example["prompt"])
+            prompt = prompt_text(example["prompt"])
             rows.append([i, prompt, c["completion"], c["correct"], example["answer"], c["tokens"], c["truncated"]])
     return Table(COMPLETION_COLUMNS, rows, title=f"{result.dataset}: sampled completions at step {step}")
 
@@ -164,6 +179,7 @@ def _plot_band(ax, by_step: Mapping[int, Mapping], k: int, label: str, color: st
 def render_report(output_dir: str) -> tuple[str, str]:
     """Write report.png and report.html under `<output_dir>/sftrl/`; return their paths."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -231,6 +247,11 @@ def render_report(output_dir: str) -> tuple[str, str]:
             ax_curve.plot(xs, [iv[0] for _, iv in points], marker="o", ms=3, ls=line, color=color, label=label)
             ax_curve.fill_between(xs, [iv[1] for _, iv in points], [iv[2] for _, iv in points], alpha=0.12, color=color)
     ax_curve.set(title="pass@k vs k per checkpoint (95 % bands)", xlabel="k", ylabel="pass@k", xscale="log")
+    measured_ks = sorted({x for line in ax_curve.lines for x in line.get_xdata()})
+    if measured_ks:  # tick the ks measured, written as integers (a log axis alone writes 2x10^0, 3x10^0)
+        ax_curve.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(measured_ks))
+        ax_curve.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax_curve.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax_curve.set_ylim(-0.02, 1.02)
     if ax_curve.lines:
         ax_curve.legend(fontsize=7)
@@ -290,13 +311,23 @@ def _page(output_dir: str, data: Mapping[str, Any], png: str, large_k: int | Non
     )
     return (
         "<!doctype html><meta charset='utf-8'><title>sftrl report</title>"
-        "<body style='font-family:sans-serif;max-width:1200px'>"
+        f"<style>{_STYLE}</style><body style='font-family:sans-serif;max-width:1200px'>"
         f"<h1>sftrl report: {html.escape(os.path.abspath(output_dir))}</h1>{start}{candidates}"
         f"<img alt='sftrl report' style='width:100%' src='data:image/png;base64,{encoded}'>"
         "<h2>Flags</h2><table border=1 cellpadding=4><tr><th>confirmed at</th><th>flag</th><th>began at</th>"
         f"<th>detail</th></tr>{flag_rows or '<tr><td colspan=4>none</td></tr>'}</table>"
         f"{_completions_html(data)}</body>"
     )
+
+
+# Samples: the prompt's turns apart from the completion, both wrapped (a completion can be one long line).
+_STYLE = (
+    ".sample{border:1px solid #ccc;margin:8px 0;padding:6px}.verdict{font-size:90%;margin-bottom:4px}"
+    ".prompt{background:#f4f4f4;padding:4px}.turn{white-space:pre-wrap;overflow-wrap:anywhere}"
+    ".role{font-weight:bold;margin-right:6px}.role:after{content:':'}"
+    ".completion{white-space:pre-wrap;overflow-wrap:anywhere;font-family:monospace;padding:4px;"
+    "border-left:3px solid #69c;margin-top:4px}"
+)
 
 
 def _completions_html(data: Mapping[str, Any], per_checkpoint: int = 2) -> str:
@@ -306,15 +337,25 @@ def _completions_html(data: Mapping[str, Any], per_checkpoint: int = 2) -> str:
             shown = []
             for example in result.get("examples", []):
                 for c in map(completion_record, example["completions"][:1]):
-                    verdict = {True: "&#10004; correct", False: "&#10008; wrong", None: ""}[c["correct"]]
+                    verdict = {True: "&#10004; correct", False: "&#10008; wrong", None: "not recorded"}[c["correct"]]
+                    details = [verdict, f"expected <b>{html.escape(str(example['answer']))}</b>"]
+                    if c.get("tokens") is not None:
+                        details.append(f"{c['tokens']} tokens" + (", cut at max_new_tokens" if c["truncated"] else ""))
+                    turns = "".join(
+                        f"<div class=turn><span class=role>{html.escape(role)}</span>{html.escape(text)}</div>"
+                        if role
+                        else f"<div class=turn>{html.escape(text)}</div>"
+                        for role, text in prompt_turns(example["prompt"])
+                    )
                     shown.append(
-                        f"<li>{verdict} (expected {html.escape(str(example['answer']))})<pre>"
-                        f"{html.escape(str(example['prompt']))}{html.escape(c['completion'])}</pre></li>"
+                        f"<div class=sample><div class=verdict>{' &middot; '.join(details)}</div>"
+                        f"<div class=prompt>{turns}</div>"
+                        f"<div class=completion>{html.escape(c['completion'])}</div></div>"
                     )
                 if len(shown) >= per_checkpoint:
                     break
             if shown:
-                parts.append(f"<h3>{html.escape(name)}, step {step}</h3><ul>{''.join(shown)}</ul>")
+                parts.append(f"<h3>{html.escape(name)}, step {step}</h3>{''.join(shown)}")
     if not parts:
         return ""
     return "<h2>Sampled completions (the first of the first problems, per measurement)</h2>" + "".join(parts)

@@ -105,14 +105,34 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | l
     ]
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list]) -> list[list[int]]:
+    """The token ids a model is sampled on: a conversation exactly as
+    `apply_chat_template(messages, add_generation_prompt=True)` gives them (the template writes its own special
+    tokens: encoding its text again would add a second BOS with Llama-3-style tokenizers), plain text as the
+    tokenizer encodes it."""
+    if any(not isinstance(p, str) for p in prompts) and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"Chat-message prompts need a chat template, but the {type(tokenizer).__name__} has none: set "
+            "tokenizer.chat_template or give plain-text prompts."
+        )
+    return [
+        list(tokenizer(p)["input_ids"])
+        if isinstance(p, str)
+        else list(
+            tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        )
+        for p in prompts
+    ]
+
+
 def prompts_that_change(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list]) -> list[tuple[str, str]]:
-    """(rendered prompt, what encoding then decoding it gives) for every prompt that does not survive the
-    round trip: the model would be sampled on other text than the prompt says (a tokenizer that dropped
-    spaces, or lost characters to its unknown token)."""
+    """(rendered prompt, what decoding its token ids gives) for every prompt that does not survive the round
+    trip: the model would be sampled on other text than the prompt says (a tokenizer that dropped spaces, or
+    lost characters to its unknown token)."""
     changed = []
-    for text in render_prompts(tokenizer, prompts):
-        back = tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
-        if back != text:
+    for text, ids in zip(render_prompts(tokenizer, prompts), encode_prompts(tokenizer, prompts)):
+        back = tokenizer.decode(ids, skip_special_tokens=False)
+        if back != text and back != (tokenizer.bos_token or "") + text:  # a tokenizer may add BOS to plain text
             changed.append((text, back))
     return changed
 
@@ -187,7 +207,7 @@ class HFSampler:
         seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
         if len(seeds) != len(prompts):
             raise ValueError(f"SamplingParams.prompt_seeds has {len(seeds)} seeds for {len(prompts)} prompts.")
-        texts = render_prompts(tokenizer, prompts)
+        encoded = encode_prompts(tokenizer, prompts)
         device = next(model.parameters()).device
         results: list[list[Completion]] = [[] for _ in prompts]
         bar = tqdm(total=sum(counts), desc="sampling", unit="seq", disable=self._progress_disabled(), leave=False)
@@ -195,7 +215,7 @@ class HFSampler:
             for group in self._groups(counts):
                 draws = Uniforms([seeds[i] for i in group], [counts[i] for i in group], device)
                 out = self._decode(
-                    model, tokenizer, [texts[i] for i in group], [counts[i] for i in group], params, draws, device
+                    model, tokenizer, [encoded[i] for i in group], [counts[i] for i in group], params, draws, device
                 )
                 for i, completions in zip(group, out):
                     results[i].extend(completions)
@@ -220,7 +240,7 @@ class HFSampler:
             yield group
 
     def _decode(self, model, tokenizer, prompts, counts, params, draws, device) -> list[list[Completion]]:
-        ids, prompt_mask = _left_padded(tokenizer, prompts, device)
+        ids, prompt_mask = _left_padded(tokenizer, prompts, device)  # prompts: token ids
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         cache_arg = _cache_argument(model)
@@ -465,9 +485,8 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device) -> tuple[torch.Tensor, ...]:
-    """Prompts tokenized and left-padded by hand: no pad token and no `padding_side` state needed."""
-    encoded = tokenizer(list(prompts))["input_ids"]
+def _left_padded(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[list[int]], device) -> tuple[torch.Tensor, ...]:
+    """Token ids left-padded by hand: no pad token and no `padding_side` state needed."""
     width = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), width), pad_token_id(tokenizer), dtype=torch.long)
     attention = torch.zeros((len(encoded), width), dtype=torch.long)

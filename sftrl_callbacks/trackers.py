@@ -56,9 +56,11 @@ def finite(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def table_markdown(table: Table, max_rows: int = 50) -> str:
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")[:300]
+def table_markdown(table: Table, max_rows: int = 50, max_cell: int = 600) -> str:
+    def cell(value: Any) -> str:  # a line break inside a markdown table cell is written as <br>
+        text = str(value)
+        text = text if len(text) <= max_cell else text[:max_cell] + " ..."
+        return text.replace("|", "\\|").replace("\n", "<br>")
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows[:max_rows]]

@@ -318,7 +318,7 @@ def test_chat_prompts_without_chat_template_fail_at_train_start(tmp_path, tokeni
     plain.chat_template = None
     chats = splits.heldout_problems.map(lambda r: {"prompt": [{"role": "user", "content": r["prompt"]}]})
     passk = PassAtKCallback(chats, verifier=StepVerifier(), n=4)
-    _train_fails(tmp_path, plain, splits, [passk], "no chat_template")
+    _train_fails(tmp_path, plain, splits, [passk], "Chat-message prompts need a chat template")
 
 
 def test_plain_trainer_without_tokenizer_fails_at_train_start(tmp_path, tokenizer, splits):

@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 import subprocess
@@ -28,3 +29,46 @@ def test_toy_recipe_runs_the_recipe_script(tmp_path):
     assert "RL start:" in proc.stdout
     start = json.loads((tmp_path / "out" / "sftrl" / "rl_start.json").read_text())
     assert start["step"] in (10, 20) and start["metrics"]["passk_metric"] == "sftrl/passk/problems/pass@4"
+
+
+def _call_kwargs(tree: ast.AST, name: str) -> dict:
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == name]
+    assert len(calls) == 1, f"expected one call of {name}"
+    return {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords}
+
+
+def test_readme_real_run_code_is_what_the_smollm2_recipe_runs():
+    """The README's "Use it in a real run" code, with the model and data swapped, is what
+    examples/sft_with_callbacks.py runs for recipes/smollm2-135m-cpu.yaml: the same constructors, the same values."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## Use it in a real run", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    tree = ast.parse(code)
+    with open(os.path.join(ROOT, "recipes", "smollm2-135m-cpu.yaml")) as f:
+        recipe = yaml.safe_load(f)
+    assert _call_kwargs(tree, "HeldOutLossCallback") == recipe["heldout_loss"]
+    assert _call_kwargs(tree, "PassAtKCallback") == recipe["passk"]
+    assert _call_kwargs(tree, "RLReadinessCallback") == recipe["readiness"]
+    data = _call_kwargs(tree, "make_word_problem_splits")
+    assert data == {k: v for k, v in recipe["dataset"].items() if k != "name"} and recipe["dataset"]["name"] == (
+        "word-problems"
+    )
+    sft = _call_kwargs(tree, "SFTConfig")
+    assert sft and all(recipe["sft"][k] == v for k, v in sft.items()), (sft, recipe["sft"])
+    # the script builds the trainer from the recipe's sections with these very constructors
+    with open(os.path.join(ROOT, "examples", "sft_with_callbacks.py"), encoding="utf-8") as f:
+        script = ast.parse(f.read())
+    built = {
+        n.func.id: ast.unparse(n.keywords[-1].value)
+        for n in ast.walk(script)
+        if isinstance(n, ast.Call)
+        and getattr(n.func, "id", None)
+        in ("HeldOutLossCallback", "PassAtKCallback", "RLReadinessCallback", "SFTConfig")
+    }
+    assert built == {
+        "SFTConfig": "recipe['sft']",
+        "HeldOutLossCallback": "recipe.get('heldout_loss', {})",
+        "PassAtKCallback": "recipe['passk']",
+        "RLReadinessCallback": "recipe.get('readiness', {})",
+    }

@@ -209,13 +209,13 @@ class ScheduledMonitor(MonitorCallback):
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         self._attach(args, state)
-        self._prepare(args, processing_class)
+        self._prepare(args, processing_class, model)
         self._check_evaluation(args)
         if self.config.measure_at_start and state.global_step == 0:
             self._measure_once(state, model, processing_class, optimizer)
 
-    def _prepare(self, args: TrainingArguments, processing_class: Any) -> None:
-        """What a measurement needs from the run (its tokenizer, the SFTConfig), set up at train start."""
+    def _prepare(self, args: TrainingArguments, processing_class: Any, model: Any) -> None:
+        """What a measurement needs from the run (its tokenizer, the SFTConfig, the model), checked at train start."""
 
     # -- the trainer's best-model selection and early stopping -----------------------------------
     def metric_fields(self) -> set[str]:

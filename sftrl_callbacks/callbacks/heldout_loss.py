@@ -116,7 +116,7 @@ class HeldOutLossCallback(ScheduledMonitor):
     def metric_fields(self) -> set[str]:
         return {"loss", "loss_min", "loss_min_step", "loss_smoothed", "gap"}
 
-    def _prepare(self, args, processing_class) -> None:
+    def _prepare(self, args, processing_class, model) -> None:
         if self.config.use_trainer_eval and args.eval_strategy == "no":
             raise ValueError(
                 "HeldOutLossCallback(use_trainer_eval=True) re-logs the trainer's eval loss, but eval_strategy='no': "

@@ -20,7 +20,7 @@ from ..checkpoints import saves_only_deepspeed_shards
 from ..checks import require
 from ..distributed import Shard
 from ..hub import Source
-from ..measure import PassAtKConfig, PassAtKResult, check_problems, measure_pass_at_k
+from ..measure import PassAtKConfig, PassAtKResult, check_problems, check_prompts_fit, measure_pass_at_k
 from ..passk import default_ks
 from ..records import passk_name
 from ..report import completions_table, passk_curve_table
@@ -125,7 +125,7 @@ class PassAtKCallback(ScheduledMonitor):
                 "process: its value arrives after the trainer's evaluation has chosen. Set background=False."
             )
 
-    def _prepare(self, args, processing_class) -> None:
+    def _prepare(self, args, processing_class, model) -> None:
         tokenizer = text_tokenizer(processing_class)
         if tokenizer is None:
             raise ValueError(
@@ -133,12 +133,7 @@ class PassAtKCallback(ScheduledMonitor):
                 "pass processing_class=<tokenizer> to the trainer."
             )
         for name, ds in self.problems.items():
-            prompts = self.config.used_prompts(ds)
-            if any(not isinstance(p, str) for p in prompts) and not getattr(tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"Problem set {name!r} has chat-message prompts but the tokenizer has no chat_template: "
-                    "set tokenizer.chat_template or give plain-text prompts."
-                )
+            check_prompts_fit(model, tokenizer, ds, self.config, name)
         if self.config.background and args.world_size > 1:
             raise ValueError(
                 "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "

