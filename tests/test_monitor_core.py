@@ -187,11 +187,9 @@ def test_nan_weights_are_flagged_and_never_chosen(tmp_path, tokenizer, splits, c
     assert "NaN" in caplog.text or "nan" in caplog.text
 
 
-def test_docstrings_and_extrapolated_names(trained, tokenizer, splits):
+def test_extrapolated_ks_get_their_own_names(trained, tokenizer, splits):
     from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k
 
-    for cls in (HeldOutLossCallback, PassAtKCallback, RLReadinessCallback):
-        assert cls.__doc__ and len(cls.__doc__) > 100
     config = PassAtKConfig(n=4, num_problems=3, max_new_tokens=30, extrapolate_ks=[16])
     result = measure_pass_at_k(
         trained, tokenizer, splits.heldout_problems, StepVerifier(), config, dataset_name="p/q", step=3

@@ -4,7 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
+
+from sftrl_callbacks.io import read_jsonl
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -28,7 +31,16 @@ def test_toy_recipe_runs_the_recipe_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RL start:" in proc.stdout
     start = json.loads((tmp_path / "out" / "sftrl" / "rl_start.json").read_text())
-    assert start["step"] in (10, 20) and start["metrics"]["passk_metric"] == "sftrl/passk/problems/pass@4"
+    assert start["metrics"]["passk_metric"] == "sftrl/passk/problems/pass@4"
+    # the choice ranked both saves on the values the script's callbacks logged, and points at the saved folder
+    logged = {(r["name"], r["step"]): r["value"] for r in read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")}
+    ranking = {r["step"]: r for r in start["ranking"]}
+    assert sorted(ranking) == [10, 20] and start["step"] == start["ranking"][0]["step"]
+    for step, row in ranking.items():
+        assert row["heldout_loss"] == pytest.approx(logged[("sftrl/heldout/heldout/loss", step)])
+        assert row["passk"] == pytest.approx(logged[("sftrl/passk/problems/pass@4", step)])
+    assert start["checkpoint"] == str(tmp_path / "out" / f"checkpoint-{start['step']}")
+    assert os.path.isfile(os.path.join(start["path"], "model.safetensors"))  # the checkpoint or its protected copy
 
 
 def _call_kwargs(tree: ast.AST, name: str) -> dict:
