@@ -29,7 +29,8 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [70, 110])
+# 110: after the save at 100 with records past it, and after save_total_limit rotated the chosen checkpoint away
+@pytest.mark.parametrize("kill_at", [110])
 def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, kill_at):
     out = tmp_path / "out"
     killed = _run(out, "--kill-at", str(kill_at))
