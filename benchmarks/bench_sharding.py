@@ -55,7 +55,7 @@ def worker(checkpoint: str, problems_path: str, n: int, max_new_tokens: int, res
     ranks = shard.gather({"rows": sampler.forward_rows, "seconds": seconds})
     if shard.rank == 0:
         with open(result_path, "w", encoding="utf-8") as f:
-            json.dump({"ranks": ranks, "c": result.c, "wall_s": max(r["seconds"] for r in ranks)}, f)
+            json.dump({"ranks": ranks, "c": result.c_per_problem, "wall_s": max(r["seconds"] for r in ranks)}, f)
     if "RANK" in os.environ:
         torch.distributed.destroy_process_group()
 

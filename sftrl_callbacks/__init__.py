@@ -18,21 +18,25 @@ _WHERE = {
     "RLReadinessConfig": "callbacks",
     "PassAtKConfig": "measure",
     "PassAtKResult": "measure",
+    "load_result": "measure",
     "measure_pass_at_k": "measure",
     "bootstrap_ci": "passk",
     "extrapolate_pass_at_k": "passk",
     "pass_at_k": "passk",
     "pass_at_k_curve": "passk",
+    "Completion": "sampling",
     "HFSampler": "sampling",
     "Sampler": "sampling",
     "SamplingParams": "sampling",
+    "Image": "sinks",
     "JsonlSink": "sinks",
     "MetricSink": "sinks",
-    "WandbSink": "trackers",
+    "Table": "sinks",
     "AnswerVerifier": "verifiers",
     "MathVerifyVerifier": "verifiers",
     "RewardFunctionVerifier": "verifiers",
     "Verifier": "verifiers",
+    "register_verifier": "verifiers",
 }
 __all__ = sorted(_WHERE)
 __version__ = "0.1.0"
@@ -59,9 +63,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RLReadinessCallback,
         RLReadinessConfig,
     )
-    from .measure import PassAtKConfig, PassAtKResult, measure_pass_at_k  # noqa: F401
+    from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k  # noqa: F401
     from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve  # noqa: F401
-    from .sampling import HFSampler, Sampler, SamplingParams  # noqa: F401
-    from .sinks import JsonlSink, MetricSink  # noqa: F401
-    from .trackers import WandbSink  # noqa: F401
-    from .verifiers import AnswerVerifier, MathVerifyVerifier, RewardFunctionVerifier, Verifier  # noqa: F401
+    from .sampling import Completion, HFSampler, Sampler, SamplingParams  # noqa: F401
+    from .sinks import Image, JsonlSink, MetricSink, Table  # noqa: F401
+    from .verifiers import (  # noqa: F401
+        AnswerVerifier,
+        MathVerifyVerifier,
+        RewardFunctionVerifier,
+        Verifier,
+        register_verifier,
+    )

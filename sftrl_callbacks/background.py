@@ -31,7 +31,7 @@ from datasets import Dataset
 
 from . import layout
 from .checkpoints import link_copy, load_checkpoint
-from .io import write_json_atomic
+from .io import atomic_file, write_json_atomic
 from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k
 from .records import file_safe
 from .verifiers import VERIFIERS, make_verifier
@@ -40,10 +40,8 @@ logger = logging.getLogger("sftrl_callbacks")
 
 
 class BackgroundPassAtK:
-    """A queue of checkpoints measured one at a time by a child process (`PassAtKCallback`'s strategy for
-    saved checkpoints with background=True; `InlineSaves` is the other)."""
-
-    takes_saves = True
+    """A queue of checkpoints measured one at a time by a child process (`PassAtKCallback.background_jobs` with
+    background=True; without it the callback measures saved checkpoints itself)."""
 
     def __init__(
         self,
@@ -175,10 +173,8 @@ def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
                 f"{refusal}: its pickled copy tokenizes prompt {prompt!r} differently ({a} vs {b}); use "
                 "background=False."
             )
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".partial", "wb") as f:
+    with atomic_file(path, "wb") as f:
         f.write(data)
-    os.replace(path + ".partial", path)
     return path
 
 

@@ -9,14 +9,12 @@ import shutil
 from typing import Any
 
 from .checks import first_line
+from .io import atomic_folder
 
 
 def link_copy(source: str, target: str) -> None:
-    """Copy a checkpoint folder with hard links (no extra disk) where the filesystem allows, else a real copy.
-
-    The copy is built under a temporary name and renamed into place, so a crash never leaves a
-    half-copied folder under `target`.
-    """
+    """Copy a checkpoint folder with hard links (no extra disk) where the filesystem allows, else a real copy;
+    built through `atomic_folder`, so a crash never leaves a half-copied folder at `target`."""
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -24,10 +22,8 @@ def link_copy(source: str, target: str) -> None:
         except OSError:
             shutil.copy2(src, dst)
 
-    partial = target + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, copy_function=link_or_copy)
-    os.replace(partial, target)
+    with atomic_folder(target) as partial:
+        shutil.copytree(source, partial, copy_function=link_or_copy)
 
 
 def protect(checkpoint: str, snapshot_dir: str) -> str:

@@ -33,36 +33,46 @@ def require(config: Any, name: str, ok: bool, allowed: str) -> None:
         raise ValueError(f"{type(config).__name__}.{name}={getattr(config, name)!r}: {allowed}.")
 
 
+def annotation_parts(annotation: Any) -> tuple[Any, bool, bool]:
+    """(scalar type, optional, is a list) of a config field's annotation: `T`, `T | None`, `list[T]`,
+    `list[T] | None` (a tuple counts as a list). The one reading of annotations, for checks and CLI flags."""
+    optional = False
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) != 1:
+            raise TypeError(f"config fields take one type or that type | None, not {annotation}")
+        optional, annotation = len(options) < len(typing.get_args(annotation)), options[0]
+    if typing.get_origin(annotation) in (list, tuple):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return (args[0] if args else Any), optional, True
+    return annotation, optional, False
+
+
 def _matches(value: Any, expected: Any) -> bool:
-    origin = typing.get_origin(expected)
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(expected))
-    if expected is type(None):
-        return value is None
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        return isinstance(value, (list, tuple)) and all(_matches(v, args[0] if args else Any) for v in value)
-    if expected is bool:
+    kind, optional, many = annotation_parts(expected)
+    if value is None:
+        return optional
+    if many:
+        return isinstance(value, (list, tuple)) and all(_scalar_matches(v, kind) for v in value)
+    return _scalar_matches(value, kind)
+
+
+def _scalar_matches(value: Any, kind: Any) -> bool:
+    if kind is bool:
         return isinstance(value, (bool, np.bool_))
-    if expected is int:
+    if kind is int:
         return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if expected is float:
+    if kind is float:
         return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    if expected is str:
+    if kind is str:
         return isinstance(value, str)
     return True
 
 
 def _describe(expected: Any) -> str:
-    origin = typing.get_origin(expected)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(option) for option in typing.get_args(expected))
-    if expected is type(None):
-        return "None"
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(expected) if a is not Ellipsis]
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    return getattr(expected, "__name__", str(expected))
+    kind, optional, many = annotation_parts(expected)
+    name = getattr(kind, "__name__", str(kind))
+    return (f"a list of {name}" if many else name) + (" or None" if optional else "")
 
 
 def first_line(err: BaseException) -> str:

@@ -39,7 +39,7 @@ _HUBS: dict[int, RunHub] = {}
 class Source:
     """What a measuring callback logs, told to its run when it joins, so listeners need not look inside it."""
 
-    signal: str  # "loss" (held-out loss) or "passk"
+    group: str  # its metric-name group, `sftrl/<group>/...`: "heldout" or "passk"
     sets: tuple[str, ...]  # its set names; empty for held-out loss re-logged from the trainer's own eval
     ks: tuple[int, ...] = ()  # pass@k: the ks measured directly (not extrapolated)
 
@@ -95,6 +95,9 @@ class RunHub:
 
     # -- outputs -------------------------------------------------------------------------------
     def _guard(self, key: str, where: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Isolate an output failure (a sink, a file). Unlike a measurement's failure (`_safely` in the callbacks)
+        it is never raised, not even in strict mode, and is logged at a limited rate per sink: a tracker that is
+        down fails on every call, and losing its panels must not cost the run or flood its log."""
         try:
             return fn(*args, **kwargs)
         except Exception as err:

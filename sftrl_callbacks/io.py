@@ -1,17 +1,19 @@
-"""Files that a crash mid-write leaves readable: JSON written atomically (temp file + rename), JSONL
-appended as whole lines in one write and read back skipping a torn last line. Non-finite values are
-written as `null` (JSON has no NaN), never as bare NaN.
+"""Files that a crash mid-write leaves readable: files and folders that land all at once (built under a
+temporary name, then renamed), JSONL appended as whole lines in one write and read back skipping a torn last
+line. Non-finite values are written as `null` (JSON has no NaN), never as bare NaN.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -43,22 +45,55 @@ def json_safe(data: Any) -> Any:
     return plain(data)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
-    """Write JSON to a temp file beside `path`, then rename: readers see the old or the new file, never half."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """An open file that lands at `path` all at once: written to a temporary file beside it, renamed over
+    `path` when the block ends (readers see the old or the new file, never half of one), removed on an error."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(json_safe(data), f, indent=indent, allow_nan=False, default=str)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
+    """A path beside `path` to build a folder at (the block creates it); renamed to `path`, replacing what was
+    there, when the block ends, and removed on an error: a crash never leaves a half-built folder at `path`."""
+    path = os.fspath(path)
+    partial = path + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(partial, path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
+    """JSON through `atomic_file`, with non-finite numbers written as null."""
+    with atomic_file(path) as f:
+        json.dump(json_safe(data), f, indent=indent, allow_nan=False, default=str)
+
+
+def series_to_json(points: Iterable[tuple[int, float]]) -> list[list]:
+    """A metric's (step, value) points as JSON rows `[step, value]` (a NaN becomes null when written)."""
+    return [[int(step), value] for step, value in points]
+
+
+def series_from_json(rows: Iterable[Sequence]) -> list[tuple[int, float]]:
+    """`series_to_json` read back: null is NaN again."""
+    return [(int(step), math.nan if value is None else float(value)) for step, value in rows]
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -20,7 +19,7 @@ from datasets import Dataset
 
 from .checks import check_types, require
 from .distributed import Shard
-from .io import write_json_atomic
+from .io import atomic_file, write_json_atomic
 from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
 from .records import PassAtKRecord
 from .sampling import HFSampler, Sampler, SamplingParams, encode_prompts
@@ -135,13 +134,23 @@ class PassAtKConfig:
         )
 
     def measured_ks(self) -> list[int]:
-        """The ks estimated directly (the rest of `ks` and `extrapolate_ks` come from the beta-binomial fit)."""
+        """The ks estimated directly, unbiased: those of `ks` up to the samples every problem gets."""
         per_problem = self.n if self.allocation == "uniform" else self.initial_n
         return [k for k in self.ks or default_ks(self.n) if k <= per_problem]
 
+    def extrapolated_ks(self) -> list[int]:
+        """The ks from the beta-binomial fit: `extrapolate_ks` and the rest of `ks` (above `initial_n` when
+        dynamic)."""
+        measured = set(self.measured_ks())
+        return sorted(set(self.extrapolate_ks) | {k for k in self.ks or default_ks(self.n) if k not in measured})
+
+    def num_used(self, available: int) -> int:
+        """How many problems a measurement uses: the first `num_problems` of those `available` (all when None)."""
+        return available if self.num_problems is None else min(self.num_problems, available)
+
     def used_prompts(self, problems: Dataset) -> list:
-        """The prompts of the problems a measurement uses: the first `num_problems` (all when None)."""
-        return problems[: self.num_problems or len(problems)][self.prompt_column]
+        """The prompts of the problems a measurement uses."""
+        return problems[: self.num_used(len(problems))][self.prompt_column]
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
@@ -165,7 +174,7 @@ def check_problems(problems: Dataset, config: PassAtKConfig, name: str = "proble
                 f"The {where} has no {column!r} column (columns: {problems.column_names}); "
                 f"set prompt_column / answer_column."
             )
-    used = problems if config.num_problems is None else problems.select(range(min(config.num_problems, len(problems))))
+    used = problems.select(range(config.num_used(len(problems))))
     for column, what in ((config.answer_column, "answer"), (config.prompt_column, "prompt")):
         empty = [i for i, v in enumerate(used[column]) if v is None or (isinstance(v, str) and not v.strip())]
         if empty:
@@ -219,8 +228,8 @@ def check_prompts_fit(model: Any, tokenizer: Any, problems: Dataset, config: Pas
 class PassAtKResult:
     dataset: str
     step: int | None
-    n: list[int]
-    c: list[int]
+    n_per_problem: list[int]  # samples drawn of each problem (PassAtKConfig.n is the number asked per problem)
+    c_per_problem: list[int]  # of them verified correct
     pass_at_k: dict[int, float]
     ci: dict[int, dict[str, Any]]
     extrapolated: dict[int, dict[str, Any]]
@@ -250,7 +259,7 @@ class PassAtKResult:
                 "mean_completion_tokens": self.mean_completion_tokens,
                 "truncation_rate": self.truncation_rate,
                 "num_problems": self.num_problems,
-                "samples": int(sum(self.n)),
+                "samples": int(sum(self.n_per_problem)),
                 "verifier_timeouts": self.verifier_timeouts,
             },
             context_=self.context(),
@@ -264,7 +273,9 @@ class PassAtKResult:
         """How every metric of this result was measured (goes next to each JSONL record)."""
         return {
             "dataset": self.dataset,
-            "n": int(max(self.n)) if self.allocation == "uniform" else f"dynamic, {sum(self.n)} total",
+            "n": int(max(self.n_per_problem))
+            if self.allocation == "uniform"
+            else f"dynamic, {sum(self.n_per_problem)} total",
             "temperature": self.temperature,
             "num_problems": self.num_problems,
             "estimator": "unbiased (Chen et al. 2021); k above the samples per problem: beta-binomial EB",
@@ -279,19 +290,21 @@ class PassAtKResult:
         """Every completion as gzip-compressed JSONL, one object a completion (needs save_completions)."""
         if self.completions is None:
             raise ValueError("this result holds no completions: measure with save_completions=True")
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with gzip.open(path + ".partial", "wt", encoding="utf-8") as f:
+        with atomic_file(path, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
             for row in self.completions:
                 f.write(json.dumps({"step": self.step, "set": self.dataset, **row}, default=str) + "\n")
-        os.replace(path + ".partial", path)
 
     def save(self, path: str) -> None:
         write_json_atomic(path, self.to_json())
 
 
 def load_result(path: str) -> PassAtKResult:
+    """A `PassAtKResult` from its JSON file (older files call the counts `n` and `c`)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
+    for old, new in (("n", "n_per_problem"), ("c", "c_per_problem")):
+        if old in data:
+            data[new] = data.pop(old)
     for key in ("pass_at_k", "ci", "extrapolated"):
         data[key] = {int(k): v for k, v in data[key].items()}
     return PassAtKResult(**data)
@@ -324,7 +337,7 @@ def measure_pass_at_k(
     if not isinstance(verifier, GuardedVerifier):
         verifier = GuardedVerifier(verifier, config.verifier_timeout_s)
     start = time.time()
-    requested = len(problems) if config.num_problems is None else min(config.num_problems, len(problems))
+    requested = config.num_used(len(problems))
     rows = [problems[i] for i in range(requested)]
     deadline = None if config.time_budget_s is None else start + config.time_budget_s
     draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline)
@@ -372,15 +385,14 @@ def measure_pass_at_k(
     # every extrapolated k) comes from the beta-binomial fit to all counts.
     round_n = counts_n if config.allocation == "uniform" else np.minimum(counts_n, first_n)
     round_c = counts_c if config.allocation == "uniform" else first_round_c
-    all_ks = config.ks or default_ks(config.n)
-    ks = [k for k in all_ks if len(rows) and k <= int(round_n.min())]
+    ks = config.measured_ks() if len(rows) else []
     result_curve = pass_at_k_curve(round_n, round_c, ks) if ks else {}
     ci = {}
     for k in ks:
         interval = bootstrap_ci(round_n, round_c, k, resamples=config.ci_resamples, seed=config.seed)
         ci[k] = {"low": interval.low, "high": interval.high, "method": interval.method}
     extrapolated = {}
-    for k in sorted(set(config.extrapolate_ks) | {k for k in all_ks if k not in ks}):
+    for k in config.extrapolated_ks():
         interval = extrapolate_pass_at_k(counts_n, counts_c, k, resamples=EXTRAPOLATION_RESAMPLES, seed=config.seed)
         extrapolated[k] = {
             "estimate": interval.estimate,
@@ -404,8 +416,8 @@ def measure_pass_at_k(
     return PassAtKResult(
         dataset=dataset_name,
         step=step,
-        n=counts_n.tolist(),
-        c=counts_c.tolist(),
+        n_per_problem=counts_n.tolist(),
+        c_per_problem=counts_c.tolist(),
         pass_at_k=result_curve,
         ci=ci,
         extrapolated=extrapolated,

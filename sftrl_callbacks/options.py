@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any
 
-
-def _parts(annotation: Any) -> tuple[Any, bool, bool]:
-    """(scalar type, optional, is a list) of a field annotation such as `list[int] | None`."""
-    optional = False
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional, annotation = len(args) < len(typing.get_args(annotation)), args[0]
-    if typing.get_origin(annotation) in (list, tuple):
-        return typing.get_args(annotation)[0], optional, True
-    return annotation, optional, False
+from .checks import annotation_parts
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -52,7 +42,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: It
     hints = typing.get_type_hints(config_cls)
     group = parser.add_argument_group(f"{config_cls.__name__} fields", config_cls.__doc__)
     for f in _flagged_fields(config_cls, skip):
-        kind, optional, many = _parts(hints[f.name])
+        kind, optional, many = annotation_parts(hints[f.name])
         default = _default(f)
         flag = "--" + f.name.replace("_", "-")
         text = f"{f.metadata.get('help', '')} (default: {default!r})"

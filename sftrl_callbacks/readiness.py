@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .io import series_from_json, series_to_json
 from .records import GapRecord, LossRecord, PassAtKRecord
 
 History = Sequence[tuple[int, float]]
@@ -363,7 +364,7 @@ class ReadinessTracker:
     # -- resume -----------------------------------------------------------------------------------
     def to_json(self) -> dict:
         def series(data: Mapping[Any, Mapping[int, float]]) -> dict:
-            return {str(key): [[s, v] for s, v in sorted(points.items())] for key, points in data.items()}
+            return {str(key): series_to_json(sorted(points.items())) for key, points in data.items()}
 
         return {
             "losses": series(self.losses),
@@ -375,7 +376,7 @@ class ReadinessTracker:
 
     def load_json(self, data: Mapping[str, Any]) -> None:
         def series(points: Sequence) -> dict[int, float]:
-            return {int(s): (float("nan") if v is None else float(v)) for s, v in points}
+            return dict(series_from_json(points))
 
         self.losses.update({name: series(p) for name, p in data["losses"].items()})
         self.gaps.update({name: series(p) for name, p in data["gaps"].items()})

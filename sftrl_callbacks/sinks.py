@@ -16,13 +16,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .io import count_lines, invalid_reason, json_safe, plain
+from .io import atomic_file, count_lines, invalid_reason, json_safe, plain
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -94,10 +93,8 @@ class JsonlSink:
             return
         with open(self.path, encoding="utf-8") as f:
             kept = f.read().split("\n")[:lines]
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with atomic_file(self.path) as f:
             f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
         self.lines = len(kept)
 
 

@@ -328,6 +328,18 @@ TRACKERS: dict[str, type] = {
 
 
 def tracker_sinks(args: Any) -> list[Any]:
-    """A sink for each tracker in `args.report_to` that this module knows and that is installed."""
-    classes = [TRACKERS.get(name) for name in reported(getattr(args, "report_to", None))]
-    return [cls.from_args(args) for cls in classes if cls is not None and is_available(cls.library)]
+    """A sink for each tracker in `args.report_to` that this module knows and that is installed; one warning for
+    each entry it does not cover (its panels get no sftrl metrics, which metrics.jsonl and the trainer's log
+    still hold)."""
+    names = reported(getattr(args, "report_to", None))
+    for name in names:
+        if name not in TRACKERS:
+            logger.warning(
+                "sftrl: report_to=%r: sftrl has no sink for %r, so its panels get no sftrl metrics (they are in "
+                "<output_dir>/sftrl/metrics.jsonl and the trainer's log; covered trackers: %s)",
+                names,
+                name,
+                ", ".join(TRACKERS),
+            )
+    classes = [TRACKERS[name] for name in names if name in TRACKERS]
+    return [cls.from_args(args) for cls in classes if is_available(cls.library)]

@@ -87,10 +87,17 @@ def main(out: str, zero3: bool = False) -> None:
         "world": world,
         "loss": loss.history["sftrl/heldout/mixed/loss"],
         "passk": {
-            r.step: {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
+            r.step: {
+                "n": r.n_per_problem,
+                "c": r.c_per_problem,
+                "tokens": r.mean_completion_tokens,
+                "examples": r.examples,
+            }
             for r in passk.results["mixed"]
         },
-        "dynamic": {r.step: {"n": r.n, "c": r.c, "examples": r.examples} for r in dynamic.results["dyn"]},
+        "dynamic": {
+            r.step: {"n": r.n_per_problem, "c": r.c_per_problem, "examples": r.examples} for r in dynamic.results["dyn"]
+        },
         "optimizer": [type(trainer.optimizer).__name__, type(getattr(trainer.optimizer, "optimizer", None)).__name__],
         "hooked_modules": sampler.hooked_modules + dynamic_sampler.hooked_modules,
         "forward_rows": {"passk": sampler.forward_rows, "dynamic": dynamic_sampler.forward_rows},

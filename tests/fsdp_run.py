@@ -136,7 +136,12 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
             r = measure_pass_at_k(
                 model, tokenizer, splits.heldout_problems, LooseVerifier(), config, sampler, shard=shard
             )
-            result[name] = {"n": r.n, "c": r.c, "tokens": r.mean_completion_tokens, "examples": r.examples}
+            result[name] = {
+                "n": r.n_per_problem,
+                "c": r.c_per_problem,
+                "tokens": r.mean_completion_tokens,
+                "examples": r.examples,
+            }
         return result
 
     measured, seconds = {}, {}

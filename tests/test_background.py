@@ -22,7 +22,7 @@ def _run(tmp_path, tokenizer, splits, background):
     )
     readiness = RLReadinessCallback()
     callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10), passk, readiness]
-    make_trainer(tmp_path, tokenizer, splits.train, callbacks, max_steps=60, save_steps=30).train()
+    make_trainer(tmp_path, tokenizer, splits.train, callbacks, max_steps=40, save_steps=20).train()
     return passk, readiness
 
 
@@ -30,23 +30,24 @@ def _run(tmp_path, tokenizer, splits, background):
 def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbers(tmp_path, tokenizer, splits):
     inline, _ = _run(tmp_path / "inline", tokenizer, splits, background=False)
     background, readiness = _run(tmp_path / "background", tokenizer, splits, background=True)
-    assert background.errors == 0 and background.saves.pending == 0
+    assert background.errors == 0 and background.background_jobs.pending == 0
     by_step = {r.step: r for r in background.results["mixed"]}
-    assert sorted(by_step) == [0, 30, 60]  # the step-0 baseline is measured in the training process
+    assert sorted(by_step) == [0, 20, 40]  # the step-0 baseline is measured in the training process
     for expected in inline.results["mixed"]:
         got = by_step[expected.step]
-        assert got.c == expected.c and got.n == expected.n  # same checkpoint, code, config and seeds
+        # same checkpoint, code, config and seeds
+        assert got.c_per_problem == expected.c_per_problem and got.n_per_problem == expected.n_per_problem
         assert got.pass_at_k == pytest.approx(expected.pass_at_k)
     out = tmp_path / "background" / "out"
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     steps = {r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@8"}
-    assert steps == {0, 30, 60}
-    assert (out / "checkpoint-30" / "sftrl" / "passk_mixed.json").exists()
+    assert steps == {0, 20, 40}
+    assert (out / "checkpoint-20" / "sftrl" / "passk_mixed.json").exists()
     rl_start = json.loads((out / "sftrl" / "rl_start.json").read_text())
     assert rl_start["metrics"]["passk"] is not None and rl_start["metrics"]["passk_metric"].endswith("pass@8")
     assert readiness.tracker.series("passk")  # the readiness ranking saw the late results
     # Training waited for sampling inline, not in the background (the end waits for the last job only).
-    assert not (out / "sftrl" / "background" / "checkpoint-30").exists()  # the job's copy is cleaned up
+    assert not (out / "sftrl" / "background" / "checkpoint-20").exists()  # the job's copy is cleaned up
 
 
 @pytest.mark.slow
@@ -98,11 +99,11 @@ def test_a_resumed_run_measures_again_what_its_checkpoint_had_pending(tmp_path, 
     second = passk()
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [second], max_steps=30, save_steps=10)
     trainer.train(resume_from_checkpoint=str(out / "checkpoint-20"))
-    assert second.errors == 0 and second.saves.pending == 0
+    assert second.errors == 0 and second.background_jobs.pending == 0
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     # step 0 once: the resumed run does not measure its baseline again
     assert sorted(r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@4") == [0, 10, 20, 30]
-    before = {r.step: r.c for r in first.results["mixed"]}
-    after = {r.step: r.c for r in second.results["mixed"]}
+    before = {r.step: r.c_per_problem for r in first.results["mixed"]}
+    after = {r.step: r.c_per_problem for r in second.results["mixed"]}
     assert after[20] == before[20]  # the same checkpoint measured with the same seeds
     assert not (out / "sftrl" / "background" / "checkpoint-20").exists()

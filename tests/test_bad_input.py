@@ -234,9 +234,9 @@ def test_verdicts_as_numpy_bools_and_ints_are_counted(model, tokenizer):
     import numpy as np
 
     result = measure_pass_at_k(model, tokenizer, problems(2), Returns(lambda c: np.ones(len(c), bool)), SHORT)
-    assert result.c == [4, 4] and result.pass_at_k[1] == 1.0
+    assert result.c_per_problem == [4, 4] and result.pass_at_k[1] == 1.0
     result = measure_pass_at_k(model, tokenizer, problems(2), Returns(lambda c: [1, 0, 0, 0]), SHORT)
-    assert result.c == [1, 1]
+    assert result.c_per_problem == [1, 1]
 
 
 def test_sampler_returning_too_few_completions_is_refused(model, tokenizer):

@@ -68,7 +68,7 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
         assert results[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(logged_loss[step], abs=1e-4)
         during = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "passk_mixed.json"))
         offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json"))
-        assert offline.c == during.c and offline.n == during.n
+        assert offline.c_per_problem == during.c_per_problem and offline.n_per_problem == during.n_per_problem
         assert offline.pass_at_k == pytest.approx(during.pass_at_k)
 
     flags = [f"--{name.replace('_', '-')}" for name in tuned_settings]
@@ -79,7 +79,7 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
     assert proc.returncode == 0, proc.stderr[-3000:]
     during = load_result(str(out / "checkpoint-40" / "sftrl" / "passk_tuned.json"))
     offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_tuned.json"))
-    assert offline.c == during.c and offline.n == during.n == [6] * 6
+    assert offline.c_per_problem == during.c_per_problem and offline.n_per_problem == during.n_per_problem == [6] * 6
     assert offline.examples == during.examples  # the same completions, cut at the same stop strings
     # the stop strings acted
     assert any(c["completion"].endswith(";") for e in during.examples for c in e["completions"])

@@ -38,8 +38,8 @@ def test_callback_in_real_training_json_agrees_with_logged_metrics(tmp_path, tok
     for step in (20, 40):
         path = tmp_path / "out" / f"checkpoint-{step}" / "sftrl" / "passk_mixed.json"
         result = load_result(str(path))
-        assert result.step == step and result.num_problems == 6 and result.n == [8] * 6
-        curve = pass_at_k_curve(np.array(result.n), np.array(result.c))
+        assert result.step == step and result.num_problems == 6 and result.n_per_problem == [8] * 6
+        curve = pass_at_k_curve(np.array(result.n_per_problem), np.array(result.c_per_problem))
         assert list(curve) == [1, 2, 4, 8]
         for k, value in curve.items():
             record = logged[(step, f"sftrl/passk/mixed/pass@{k}")]
@@ -63,7 +63,7 @@ def test_callback_in_real_training_json_agrees_with_logged_metrics(tmp_path, tok
 def test_dynamic_allocation_and_time_budget(trained, tokenizer, splits):
     config = PassAtKConfig(n=8, allocation="dynamic", initial_n=4, max_new_tokens=40, extrapolate_ks=[32])
     result = measure_pass_at_k(trained, tokenizer, splits.heldout_problems, StepVerifier(), config)
-    n, c = np.array(result.n), np.array(result.c)
+    n, c = np.array(result.n_per_problem), np.array(result.c_per_problem)
     assert n.min() >= 4 and n.sum() <= 8 * len(n)
     assert np.all(n[c > 0] >= 4)
     assert set(result.pass_at_k) == {1, 2, 4} and {8, 32} <= set(result.extrapolated)
@@ -93,5 +93,5 @@ def test_json_is_plain_and_reloadable(tmp_path, trained, tokenizer, splits):
     result = measure_pass_at_k(trained, tokenizer, splits.heldout_problems, StepVerifier(), config, step=7)
     path = tmp_path / "r.json"
     result.save(str(path))
-    assert json.loads(path.read_text())["c"] == result.c
+    assert json.loads(path.read_text())["c_per_problem"] == result.c_per_problem
     assert load_result(str(path)).pass_at_k == result.pass_at_k

@@ -95,28 +95,6 @@ def test_heldout_loss_equals_an_nll_over_sfttrainers_own_preprocessing(model, to
     assert ours.loss == pytest.approx(total / count, rel=1e-4)
 
 
-def test_chat_prompt_and_greedy_completion_equal_generate(model, tokenizer, data):
-    messages = [data.heldout_problems["prompt"][i] for i in (0, 2)]  # greedy, both end their turn in < 176 tokens
-    encoded = encode_prompts(tokenizer, messages)
-    for m, ids in zip(messages, encoded):
-        assert (
-            ids
-            == tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
-    assert len(encoded[0]) != len(encoded[1])  # the two share a left-padded batch
-    params = SamplingParams(max_new_tokens=176, temperature=0)
-    samples = HFSampler().sample(model, tokenizer, messages, 1, params)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    for ids, (completion,) in zip(encoded, samples):
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=176)[0, len(ids) :].tolist()
-        assert out[completion.n_tokens] == eos and not completion.truncated  # stopped at the end of the turn
-        assert completion.text == tokenizer.decode(out[: completion.n_tokens], skip_special_tokens=True)
-        assert tokenizer(completion.text, add_special_tokens=False)["input_ids"] == out[: completion.n_tokens]
-        assert not any(special in completion.text for special in tokenizer.all_special_tokens)
-
-
 @pytest.fixture(scope="module")
 def sft_run(smollm2, tokenizer, data, tmp_path_factory):
     """4 SFT steps with all three callbacks, a save at 4, TensorBoard; pass@k inline and in the background."""
@@ -168,6 +146,30 @@ def test_short_sft_run_logs_every_metric_to_jsonl_and_tensorboard(sft_run):
     assert start["step"] == 4 and os.path.isfile(os.path.join(start["path"], "model.safetensors"))
 
 
+def test_chat_prompt_and_greedy_completion_equal_generate(sft_run, tokenizer, data):
+    model = sft_run[1].model  # after 4 SFT steps its answers are short: the comparison costs little
+    messages = data.heldout_problems["prompt"][:2]
+    encoded = encode_prompts(tokenizer, messages)
+    for m, ids in zip(messages, encoded):
+        assert (
+            ids
+            == tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+    assert len(encoded[0]) != len(encoded[1])  # the two share a left-padded batch
+    params = SamplingParams(max_new_tokens=112, temperature=0)
+    samples = HFSampler().sample(model, tokenizer, messages, 1, params)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.eval()
+    for ids, (completion,) in zip(encoded, samples):
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=112)[0, len(ids) :].tolist()
+        assert out[completion.n_tokens] == eos and not completion.truncated  # stopped at the end of the turn
+        assert completion.text == tokenizer.decode(out[: completion.n_tokens], skip_special_tokens=True)
+        assert tokenizer(completion.text, add_special_tokens=False)["input_ids"] == out[: completion.n_tokens]
+        assert not any(special in completion.text for special in tokenizer.all_special_tokens)
+
+
 def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
     from math_verify import parse, verify
 
@@ -183,15 +185,15 @@ def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
             ok = bool(verify(parse(row["answer"]), parse(row["completion"])))
             assert ok == row["correct"]
             counts[row["problem"]] += ok
-        assert counts == result.c and len(rows) == sum(result.n)
+        assert counts == result.c_per_problem and len(rows) == sum(result.n_per_problem)
         correct_seen += sum(counts)
     assert correct_seen > 0  # the comparison covered both verdicts
 
 
 def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, data, tmp_path):
     out, _, (_, inline, background, _) = sft_run
-    inline_c = {r.step: r.c for r in inline.results["problems"]}
-    assert {r.step: r.c for r in background.results["background"]} == {4: inline_c[4]}
+    inline_c = {r.step: r.c_per_problem for r in inline.results["problems"]}
+    assert {r.step: r.c_per_problem for r in background.results["background"]} == {4: inline_c[4]}
     data.heldout_problems.to_json(tmp_path / "problems.jsonl")
     command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval", str(out / "checkpoint-4"), "--problems"]
     command += [f"problems={tmp_path / 'problems.jsonl'}", "--verifier", "math-verify", "--n", "4"]
@@ -199,7 +201,7 @@ def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, data, tmp_pat
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     offline = load_result(str(out / "checkpoint-4" / "sftrl" / "eval_passk_problems.json"))
-    assert offline.c == inline_c[4]
+    assert offline.c_per_problem == inline_c[4]
 
 
 def test_lora_measures_the_adapted_model(smollm2, tokenizer, data, tmp_path):

@@ -122,3 +122,29 @@ def test_eval_flags_cover_every_measurement_field_but_the_skipped_one():
     assert config.top_k == 5 and config.stop_strings == ["a", "b"] and config.gather_parameters is True
     with pytest.raises(ValueError, match="no field"):
         add_config_flags(argparse.ArgumentParser(), PassAtKConfig, skip=("gather_parameter",))
+
+
+def test_report_to_entries_without_a_sink_are_named_in_one_warning(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from sftrl_callbacks.trackers import tracker_sinks
+
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        sinks = tracker_sinks(SimpleNamespace(report_to=["comet_ml", "neptune"]))
+    assert sinks == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "no sink for 'comet_ml'" in lines[0] and "no sink for 'neptune'" in lines[1]
+    assert all("metrics.jsonl" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        tracker_sinks(SimpleNamespace(report_to="none"))
+    assert not caplog.records
+
+
+def test_the_public_names_users_need_are_exported():
+    import sftrl_callbacks
+
+    for name in ("Completion", "Table", "Image", "register_verifier", "load_result", "Sampler", "MetricSink"):
+        assert name in sftrl_callbacks.__all__ and getattr(sftrl_callbacks, name) is not None
+    assert not [n for n in sftrl_callbacks.__all__ if n.endswith("Sink") and n not in ("JsonlSink", "MetricSink")]

@@ -88,9 +88,10 @@ def test_matched_pairs_split_by_step_with_baselines_and_sign_tests():
     lines = analyze.matched_table(cands, ["pass@64", "step"], np.random.default_rng(0))
     text = "\n".join(lines)
     assert "3 pairs" in text and "1 at the same SFT step, 2 at different steps" in text
-    assert "| pass@64 | 3, 1.00 [" in text  # b over a, a over c, b over c: all right after RL
-    assert "| later checkpoint (step) | 2, 0.00 [0.00, 0.00] | 0, - | 2, 0.00 [0.00, 0.00] |" in text
-    assert "| earlier checkpoint | 2, 1.00 [1.00, 1.00] | 0, - | 2, 1.00 [1.00, 1.00] |" in text
+    # b over a, a over c, b over c: all right after RL; where all (or none) agree, the exact binomial interval
+    assert "| pass@64 | 3, 1.00 [0.29, 1.00] exact |" in text
+    assert "| later checkpoint (step) | 2, 0.00 [0.00, 0.84] exact | 0, - | 2, 0.00 [0.00, 0.84] exact |" in text
+    assert "| earlier checkpoint | 2, 1.00 [0.16, 1.00] exact | 0, - | 2, 1.00 [0.16, 1.00] exact |" in text
     # exact binomial, 2 of 2, two-sided; pass@64 right and step wrong in both pairs, whichever candidates are drawn
     assert "| pass@64 vs step | 2 | 2 | 0 | 0.50 | +1.00 [+1.00, +1.00] |" in text
     assert "0 pairs are between weak candidates" in text

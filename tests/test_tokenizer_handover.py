@@ -79,7 +79,7 @@ def test_background_pass_at_k_equals_inline_on_qwen2_with_that_tokenizer(tmp_pat
     # it gets right after 200 steps moved with package versions, so it is not asserted.
     assert any("####" in c["completion"] for e in here[200].examples for c in e["completions"])
     for step in (100, 200):
-        assert there[step].c == here[step].c
+        assert there[step].c_per_problem == here[step].c_per_problem
         assert there[step].examples == here[step].examples  # the same completions of the same prompts
 
 

@@ -78,8 +78,8 @@ def test_every_completion_is_kept_and_a_table_reaches_the_trackers(run):
             rows = [json.loads(line) for line in f]
         with open(os.path.join(out, "out", "sftrl", "passk", f"step-{step}_heldout.json"), encoding="utf-8") as f:
             result = json.load(f)
-        assert len(rows) == sum(result["n"]) == 6 * 4
-        assert sum(r["correct"] for r in rows) == sum(result["c"])
+        assert len(rows) == sum(result["n_per_problem"]) == 6 * 4
+        assert sum(r["correct"] for r in rows) == sum(result["c_per_problem"])
         assert {r["step"] for r in rows} == {step} and {r["set"] for r in rows} == {"heldout"}
         assert set(rows[0]) >= {"problem", "prompt", "answer", "completion", "correct", "tokens", "truncated"}
         first = result["examples"][0]["completions"][0]

@@ -231,7 +231,10 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
         "Agreement: share of decided pairs where the signal's pick has the higher post-RL pass@1 (equal post-RL "
         "counts 1/2; 0.5 = chance). 95 % CI: percentile bootstrap over *candidates* "
         f"({RESAMPLES} resamples; a pair counts as often as both its candidates are drawn). 'later checkpoint' is "
-        "the `step` signal; 'earlier checkpoint' prefers the earlier step. Neither decides pairs at the same step.",
+        "the `step` signal; 'earlier checkpoint' prefers the earlier step. Neither decides pairs at the same step. "
+        "Where every decided pair agrees (or none does) the bootstrap collapses to a point; such a cell gives the "
+        "exact binomial (Clopper-Pearson) interval over its n pairs instead, marked 'exact' (it takes the pairs as "
+        "independent, which they are not: they share candidates).",
         "",
         "| signal | all pairs: decided, agreement [95 % CI] | same step | different steps |",
         "|---|---|---|---|",
@@ -245,7 +248,11 @@ def matched_table(candidates: list[dict], signals: list[str], rng: np.random.Gen
         cells = []
         for subset in (range(len(pairs)), same, other):
             value, interval, n = candidate_bootstrap(done, pairs, list(subset), decided, wins, rng)
-            cells.append(f"{n}, {value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if n else "0, -")
+            exact = ""
+            if n and value in (0.0, 1.0):  # the bootstrap collapses to a point: give the exact binomial interval
+                ci = binomtest(int(value * n), n).proportion_ci(confidence_level=0.95, method="exact")
+                interval, exact = (ci.low, ci.high), " exact"
+            cells.append(f"{n}, {value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]{exact}" if n else "0, -")
         name = "later checkpoint (step)" if signal == "step" else signal
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
@@ -378,6 +385,16 @@ def decision_table(candidates: list[dict], k: int, rng: np.random.Generator) -> 
             f"{'-' if same else tally(observed[:, 0])} | {fmt_ci(r, ci95(boots_r), 4)} | "
             f"{fmt_ci(last, ci95(boots_l), 4)} | {tally(observed[:, 2])} |"
         )
+    lines += [
+        "",
+        "Rule minus last checkpoint per SFT run (post-RL pass@1, mean over RL seeds, 6 decimals):",
+        "",
+    ]
+    for rule in rules(k):
+        names = [n for n in runs if has_rl(n, rule, LIBRARY, "last checkpoint")]
+        differences = per_run(names, rule, mean_of_seeds)[:, 2] if names else []
+        cells = ", ".join(f"{n} {d:+.6f}" for n, d in zip(names, differences))
+        lines.append(f"- {rule}: {cells or '-'}")
     return lines
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole study: the pilot, the grid, the early-stopping pilot, the analyses and the fits.
-# Every step resumes from its results files: rerun after an interruption and it carries on.
+# The whole study's design: the pilot, the grid, the early-stopping pilot, the analyses and the fits.
+# Every step resumes from its results files: rerun after an interruption and it carries on. The data in
+# results/ and turn_pilot/ were assembled from partial runs and reruns of these steps (REPORT.md, section 1),
+# not from one run of this script: a run from scratch reproduces the design, not those numbers to the digit.
 # See REPORT.md for the time each step takes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")"

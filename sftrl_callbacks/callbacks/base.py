@@ -23,6 +23,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..checks import require
 from ..distributed import Shard, current_shard
 from ..hub import RunHub, Source, hub_for
+from ..io import series_from_json, series_to_json
 from ..records import Record, parse_name
 from ..sinks import MetricSink
 
@@ -104,8 +105,9 @@ def check_sinks(sinks: Sequence[Any]) -> list[Any]:
 class MonitorCallback(TrainerCallback):
     """Plumbing shared by the sftrl callbacks: the run hub, per-run state, failure isolation."""
 
-    def __init__(self, strict: bool = False, sinks: Sequence[MetricSink] = ()) -> None:
-        self.strict = strict
+    def __init__(self, config: Any, sinks: Sequence[MetricSink] = ()) -> None:
+        self.config = config  # a *Config dataclass with a `strict` field; set here, before _start_run reads it
+        self.strict = bool(config.strict)
         self.extra_sinks = check_sinks(sinks)
         self.hub: RunHub | None = None
         self.key: str | None = None  # this callback's key in its run (set when it joins)
@@ -123,11 +125,11 @@ class MonitorCallback(TrainerCallback):
 
     def export_state(self) -> dict:
         """What this run has accumulated, as JSON (saved with each checkpoint, restored on resume)."""
-        return {"history": {k: [[s, v] for s, v in points] for k, points in self.history.items()}}
+        return {"history": {k: series_to_json(points) for k, points in self.history.items()}}
 
     def load_state(self, data: Mapping[str, Any]) -> None:
         for name, points in data.get("history", {}).items():
-            self.history[name] = [(int(s), math.nan if v is None else v) for s, v in points]
+            self.history[name] = series_from_json(points)
 
     def _attach(self, args: TrainingArguments, state: TrainerState) -> None:
         hub = hub_for(args, state)
@@ -152,14 +154,16 @@ class MonitorCallback(TrainerCallback):
         self._attach(args, state)
 
     # -- output ---------------------------------------------------------------------------------
-    def emit(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
+    def log_metrics(self, step: int, metrics: Mapping[str, float | None], **context: Any) -> None:
+        """Values to this run's sinks and this callback's history (no record: the readiness numbers)."""
         for name, value in metrics.items():
             self.history[name].append((step, value))
         self.hub.log(step, metrics, context, self.extra_sinks)
 
-    def send(self, record: Record) -> None:
-        """A measurement to the run's sinks (as metrics) and listeners (as the record)."""
-        self.emit(record.step, record.metrics(), **record.context())
+    def publish(self, record: Record) -> None:
+        """A measurement to the run's sinks (as metrics) and to its listeners, the readiness callback (as the
+        record)."""
+        self.log_metrics(record.step, record.metrics(), **record.context())
         self.hub.notify(self, record)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -185,11 +189,21 @@ class MonitorCallback(TrainerCallback):
         except Exception:
             if self.strict:
                 raise
-            self.errors += 1
-            logger.exception("sftrl: %s failed (training continues; pass strict=True to stop on errors)", what)
+            self._count_failure(f"{what} failed", exc_info=True)
             return None
         finally:
             self.time_spent_s += time.time() - start
+
+    def _fail(self, message: str) -> None:
+        """A failure that leaves the rest of the work at hand to do: raised in strict mode, else counted and logged,
+        as `_safely` does with an exception."""
+        if self.strict:
+            raise RuntimeError(message)
+        self._count_failure(message)
+
+    def _count_failure(self, message: str, exc_info: bool = False) -> None:
+        self.errors += 1
+        logger.error("sftrl: %s (training continues; pass strict=True to stop on errors)", message, exc_info=exc_info)
 
 
 class ScheduledMonitor(MonitorCallback):
@@ -277,7 +291,7 @@ class ScheduledMonitor(MonitorCallback):
     def _joined(self, hub: RunHub) -> None:
         mine = self.source()
         for other, theirs in hub.sources():
-            clash = set(mine.sets) & set(theirs.sets) if other is not self and theirs.signal == mine.signal else ()
+            clash = set(mine.sets) & set(theirs.sets) if other is not self and theirs.group == mine.group else ()
             if clash:
                 raise ValueError(
                     f"Two {type(self).__name__}s on one trainer both measure set(s) {sorted(clash)}: their metrics "

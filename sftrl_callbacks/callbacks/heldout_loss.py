@@ -76,8 +76,7 @@ class HeldOutLossCallback(ScheduledMonitor):
         sinks: Sequence[MetricSink] = (),
         **config_fields: Any,
     ) -> None:
-        self.config = make_config(HeldOutLossConfig, config, config_fields)
-        super().__init__(strict=self.config.strict, sinks=sinks)
+        super().__init__(make_config(HeldOutLossConfig, config, config_fields), sinks)
         if datasets is None and not self.config.use_trainer_eval:
             raise ValueError("Give held-out datasets=, or use_trainer_eval=True to re-log the trainer's eval loss.")
         if datasets is not None and self.config.use_trainer_eval:
@@ -111,7 +110,7 @@ class HeldOutLossCallback(ScheduledMonitor):
         return list(self.datasets)
 
     def source(self) -> Source:
-        return Source("loss", tuple(self.datasets))  # no sets: the trainer's eval names them
+        return Source(self._group, tuple(self.datasets))  # no sets: the trainer's eval names them
 
     def metric_fields(self) -> set[str]:
         return {"loss", "loss_min", "loss_min_step", "loss_smoothed", "gap"}
@@ -162,7 +161,7 @@ class HeldOutLossCallback(ScheduledMonitor):
         summary = readiness.running_summary(history, self.config.smoothing)
         if not math.isfinite(loss):
             logger.error("sftrl: held-out loss of %r is %s at step %d (NaN / inf weights?)", name, loss, step)
-        self.send(LossRecord(step, name, loss, summary.minimum, summary.minimum_step, summary.smoothed, **context))
+        self.publish(LossRecord(step, name, loss, summary.minimum, summary.minimum_step, summary.smoothed, **context))
         self._awaiting_gap[name] = (step, loss)
         self._emit_gap(name)
 
@@ -174,4 +173,4 @@ class HeldOutLossCallback(ScheduledMonitor):
         del self._awaiting_gap[name]
         if self._train_loss[0] == step:
             train_step, train_loss = self._train_loss
-            self.send(GapRecord(step, name, loss - train_loss, train_loss, train_step))
+            self.publish(GapRecord(step, name, loss - train_loss, train_loss, train_step))

@@ -1,5 +1,5 @@
-"""`PassAtKCallback`: pass@k of held-out problems at checkpoints, sampled in training or in a background
-process (the `saves` strategy, chosen once at train start)."""
+"""`PassAtKCallback`: pass@k of held-out problems at checkpoints, sampled in the training process or, with
+`background=True`, in background processes (`background_jobs`, set up at train start)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from ..checks import require
 from ..distributed import Shard
 from ..hub import Source
 from ..measure import PassAtKConfig, PassAtKResult, check_problems, check_prompts_fit, measure_pass_at_k
-from ..passk import default_ks
 from ..records import passk_name
 from ..report import completions_table, passk_curve_table
 from ..sampling import HFSampler, Sampler
@@ -55,19 +54,6 @@ class PassAtKCallbackConfig(ScheduleConfig, PassAtKConfig):
         require(self, "background_device", kind in ("cpu", "cuda", "xpu", "mps", "npu"), "use 'cpu', 'cuda:1', ...")
 
 
-class InlineSaves:
-    """Saved checkpoints are measured in the training process on their save step (the default; see
-    `BackgroundPassAtK` for the other way, with the same interface)."""
-
-    takes_saves = False
-    pending_steps: list[int] = []
-
-    def collect(self) -> list:
-        return []
-
-    wait = collect
-
-
 class PassAtKCallback(ScheduledMonitor):
     """Samples n completions per held-out problem at checkpoints and logs pass@k for each k.
 
@@ -92,8 +78,7 @@ class PassAtKCallback(ScheduledMonitor):
         sinks: Sequence[MetricSink] = (),
         **config_fields: Any,
     ) -> None:
-        self.config = make_config(PassAtKCallbackConfig, config, config_fields)
-        super().__init__(strict=self.config.strict, sinks=sinks)
+        super().__init__(make_config(PassAtKCallbackConfig, config, config_fields), sinks)
         self.problems = named_sets(problems, "problems", "Problem set")
         for name, ds in self.problems.items():
             check_problems(ds, self.config, name)
@@ -113,10 +98,9 @@ class PassAtKCallback(ScheduledMonitor):
         self.verifier_name = verifier if isinstance(verifier, str) else None
 
     def metric_fields(self) -> set[str]:
-        measured = self.config.measured_ks()
-        asked = set(self.config.ks or default_ks(self.config.n))
-        extrapolated = set(self.config.extrapolate_ks) | asked - set(measured)
-        return {f"pass@{k}" for k in measured} | {f"pass@{k}_extrapolated" for k in extrapolated}
+        return {f"pass@{k}" for k in self.config.measured_ks()} | {
+            f"pass@{k}_extrapolated" for k in self.config.extrapolated_ks()
+        }
 
     def _check_best_model_source(self) -> None:
         if self.config.background:
@@ -145,8 +129,8 @@ class PassAtKCallback(ScheduledMonitor):
                 "without stage3_gather_16bit_weights_on_model_save the checkpoints hold only DeepSpeed's shards: set "
                 "it to true in the DeepSpeed config, or measure in the training process (background=False)."
             )
-        if self.config.background and not self.saves.takes_saves:
-            self.saves = BackgroundPassAtK(
+        if self.config.background and self.background_jobs is None:
+            self.background_jobs = BackgroundPassAtK(
                 self.hub.output_dir,
                 self.problems,
                 self.verifier_name,
@@ -165,13 +149,14 @@ class PassAtKCallback(ScheduledMonitor):
     def _start_run(self) -> None:
         super()._start_run()
         self.results: dict[str, list[PassAtKResult]] = defaultdict(list)  # this process's results, in memory
-        self.saves: InlineSaves | BackgroundPassAtK = InlineSaves()  # who measures saved checkpoints
+        # Who measures saved checkpoints: None, this process (on their save step); else these background jobs.
+        self.background_jobs: BackgroundPassAtK | None = None
         self._unfinished: list[int] = []  # background steps a resumed checkpoint had not seen measured
 
     def export_state(self) -> dict:
         state = super().export_state()
-        if self.saves.pending_steps:
-            state["background_pending"] = self.saves.pending_steps
+        if self.background_jobs is not None and self.background_jobs.pending_steps:
+            state["background_pending"] = self.background_jobs.pending_steps
         return state
 
     def load_state(self, data: Mapping[str, Any]) -> None:
@@ -181,31 +166,23 @@ class PassAtKCallback(ScheduledMonitor):
     def _resubmit_unfinished(self) -> None:
         """A resumed run measures again the checkpoints whose background jobs had not reported by its checkpoint."""
         steps, self._unfinished = self._unfinished, []
-        if not self.saves.takes_saves:
-            self.errors += 1
-            logger.error(
-                "sftrl: steps %s had background pass@k pending; without background=True they stay unmeasured", steps
-            )
+        if self.background_jobs is None:
+            self._fail(f"steps {steps} had background pass@k pending; without background=True they stay unmeasured")
             return
         for step in steps:
-            left = self.saves.copy_path(step)  # the stopped run's own copy, if still there
+            left = self.background_jobs.copy_path(step)  # the stopped run's own copy, if still there
             source = left if os.path.isdir(left) else self.hub.checkpoint_dir(step)
             if not os.path.isdir(source):
-                self.errors += 1
-                logger.error(
-                    "sftrl: the background pass@k of step %d had not finished when the run stopped, and neither "
-                    "%s nor %s exists any more: step %d stays unmeasured",
-                    step,
-                    left,
-                    self.hub.checkpoint_dir(step),
-                    step,
+                self._fail(
+                    f"the background pass@k of step {step} had not finished when the run stopped, and neither {left} "
+                    f"nor {self.hub.checkpoint_dir(step)} exists any more: step {step} stays unmeasured"
                 )
                 continue
             logger.warning("sftrl: measuring step %d again: its background pass@k had not reported at resume", step)
-            self.saves.submit(step, source)
+            self.background_jobs.submit(step, source)
 
     def _due(self, state: TrainerState, control: TrainerControl) -> bool:
-        if not self.saves.takes_saves:
+        if self.background_jobs is None:
             return super()._due(state, control)
         # Saved checkpoints go to the background process (on_save); what is not saved is measured here.
         every = self.config.every_n_steps
@@ -213,13 +190,13 @@ class PassAtKCallback(ScheduledMonitor):
         return bool((every and state.global_step % every == 0) or end)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if not self.saves.takes_saves:
+        if self.background_jobs is None:
             super().on_epoch_end(args, state, control, **kwargs)
 
     def on_step_end(self, args, state, control, **kwargs):
         super().on_step_end(args, state, control, **kwargs)
-        if self.saves.pending_steps:
-            self._safely("background pass@k", self._collect, self.saves.collect)
+        if self.background_jobs is not None and self.background_jobs.pending_steps:
+            self._safely("background pass@k", self._collect, self.background_jobs.collect)
 
     def _label(self) -> str:
         return f"PassAtKCallback[{','.join(self.set_names)}]"
@@ -229,32 +206,29 @@ class PassAtKCallback(ScheduledMonitor):
         return list(self.problems)
 
     def source(self) -> Source:
-        return Source("passk", tuple(self.problems), tuple(self.config.measured_ks()))
+        return Source(self._group, tuple(self.problems), tuple(self.config.measured_ks()))
 
     def on_save(self, args, state, control, **kwargs):
-        if self.saves.takes_saves and self.config.on_save and state.global_step != self._last_step:
+        if self.background_jobs is not None and self.config.on_save and state.global_step != self._last_step:
             self._last_step = state.global_step  # measured by the background job: not again at the end
             checkpoint = self.hub.checkpoint_dir(state.global_step)
-            self._safely("background pass@k submission", self.saves.submit, state.global_step, checkpoint)
+            self._safely("background pass@k submission", self.background_jobs.submit, state.global_step, checkpoint)
         elif self.hub.is_main:
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
         super().on_save(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
-        if self.saves.pending_steps:
-            logger.warning("sftrl: waiting for %d background pass@k job(s)", len(self.saves.pending_steps))
-            self._safely("background pass@k", self._collect, self.saves.wait)
+        if self.background_jobs is not None and self.background_jobs.pending_steps:
+            logger.warning("sftrl: waiting for %d background pass@k job(s)", len(self.background_jobs.pending_steps))
+            self._safely("background pass@k", self._collect, self.background_jobs.wait)
             self.hub.merge_into_log(state, None)
 
     def _collect(self, finished: Callable[[], list]) -> None:
         """Publish the jobs `finished()` returns, each at its checkpoint's step."""
         for step, results in finished():
             if isinstance(results, str):
-                if self.strict:
-                    raise RuntimeError(results)
-                self.errors += 1
-                logger.error("sftrl: %s", results)
+                self._fail(results)
                 continue
             for name, result in results.items():
                 self._record_result(step, name, result)
@@ -276,7 +250,7 @@ class PassAtKCallback(ScheduledMonitor):
             path = layout.completions_path(self.hub.output_dir, step, name)
             self._safely("writing the completions", result.write_completions, path)
             result.completions = None  # on disk now; the results kept in memory stay small
-        self.send(result.to_record(step))
+        self.publish(result.to_record(step))
         if self.hub.takes_media(self.extra_sinks):
             curve, completions = passk_curve_table(result, step), completions_table(result, step)
             self.hub.media(step, passk_name(name, f"curve_step_{step}"), curve, self.extra_sinks)

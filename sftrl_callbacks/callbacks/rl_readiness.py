@@ -110,12 +110,11 @@ class RLReadinessCallback(MonitorCallback):
         watch: Sequence[TrainerCallback] | None = None,
         **config_fields: Any,
     ) -> None:
-        self.config = make_config(RLReadinessConfig, config, config_fields)
         for cb in watch or ():
             if not isinstance(cb, ScheduledMonitor):  # the measuring sftrl callbacks
                 raise TypeError(f"watch= takes HeldOutLossCallback / PassAtKCallback objects, got {type(cb).__name__}.")
         self.watch = list(watch) if watch is not None else None
-        super().__init__(strict=self.config.strict, sinks=sinks)
+        super().__init__(make_config(RLReadinessConfig, config, config_fields), sinks)
 
     def _start_run(self) -> None:
         super()._start_run()
@@ -182,8 +181,8 @@ class RLReadinessCallback(MonitorCallback):
                     f"RLReadinessCallback(watch=...) names {', '.join(type(cb).__name__ for cb in missing)} "
                     "that is not among this trainer's callbacks: pass it to the same trainer."
                 )
-        loss = [source for _, source in sources if source.signal == "loss"]
-        passk = [source for _, source in sources if source.signal == "passk"]
+        loss = [source for _, source in sources if source.group == "heldout"]
+        passk = [source for _, source in sources if source.group == "passk"]
         loss_sets = [name for source in loss for name in source.sets]
         passk_sets = {name: source for source in passk for name in source.sets}
         if loss:
@@ -244,7 +243,7 @@ class RLReadinessCallback(MonitorCallback):
 
     def _announce(self, flag: Flag) -> None:
         logger.warning("sftrl flag %s: %s", flag.kind, flag.detail)
-        self.emit(
+        self.log_metrics(
             flag.confirmed_step,
             {readiness_name(f"{flag.kind}_step"): flag.began_step},
             began_step=flag.began_step,
@@ -338,7 +337,9 @@ class RLReadinessCallback(MonitorCallback):
         weights = {"loss": self.config.loss_weight, "passk": self.config.passk_weight}
         self.rl_start = readiness.rl_start_document(choice, path, original, signals, weights, self.flags)
         hub.write_json(layout.rl_start_path(hub.output_dir), self.rl_start)
-        self.emit(step, {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score})
+        self.log_metrics(
+            step, {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score}
+        )
         hub.summary(
             {
                 "sftrl/rl_start/step": choice.step,
