@@ -64,7 +64,7 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
         assert single[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(losses[step], abs=1e-4)
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json").read_text())
         sharded = rank0["passk"][str(step)]
-        assert alone["n"] == sharded["n"] == [4] * 7 and alone["c"] == sharded["c"]
+        assert alone["n_per_problem"] == sharded["n"] == [4] * 7 and alone["c_per_problem"] == sharded["c"]
         assert alone["mean_completion_tokens"] == sharded["tokens"]
         assert alone["examples"] == sharded["examples"]  # the same completions, drawn on other ranks
 
@@ -82,8 +82,9 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
     for step in (30, 60):
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_dyn.json").read_text())
         sharded = rank0["dynamic"][str(step)]
-        assert alone["n"] == sharded["n"] and alone["c"] == sharded["c"] and alone["examples"] == sharded["examples"]
-        assert alone["n"] == [4] * 7  # unsolved after 2 samples each, so each got a second round
+        assert alone["n_per_problem"] == sharded["n"] and alone["c_per_problem"] == sharded["c"]
+        assert alone["examples"] == sharded["examples"]
+        assert alone["n_per_problem"] == [4] * 7  # unsolved after 2 samples each, so each got a second round
 
     # Each rank did its share of the sampling although the whole set fits in one sampler call.
     single = _one_process_forward_rows(out)
