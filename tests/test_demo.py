@@ -15,18 +15,7 @@ def test_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(out)}
     proc = subprocess.run(
-        # 200 steps (the demo's default is 400): the same code path, schedule and saves, at half the time
-        [
-            sys.executable,
-            "-m",
-            "sftrl_callbacks.cli",
-            "demo",
-            "--output-dir",
-            str(out),
-            "--quiet",
-            "--max-steps",
-            "200",
-        ],
+        [sys.executable, "-m", "sftrl_callbacks.cli", "demo", "--output-dir", str(out), "--quiet"],
         capture_output=True,
         text=True,
         env=env,
