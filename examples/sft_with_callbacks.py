@@ -32,25 +32,12 @@ from sftrl_callbacks import (
 
 def load_data(spec: dict):
     """Returns train, held-out SFT examples and held-out problems (prompt + answer)."""
-    if spec.get("name") == "toy":
+    if spec.get("name") in ("toy", "word-problems"):  # the embedded worlds: the other keys are their arguments
         from sftrl_callbacks.toy import make_splits
-
-        splits = make_splits(
-            n_train=spec.get("n_train", 20_000),
-            n_heldout_sft=spec.get("n_heldout_sft", 256),
-            n_heldout_problems=spec.get("n_heldout_problems", 64),
-            seed=spec.get("seed", 0),
-        )
-        return splits.train, splits.heldout_sft, splits.heldout_problems
-    if spec.get("name") == "word-problems":
         from sftrl_callbacks.toy.word_problems import make_word_problem_splits
 
-        splits = make_word_problem_splits(
-            n_train=spec.get("n_train", 2000),
-            n_heldout_sft=spec.get("n_heldout_sft", 64),
-            n_heldout_problems=spec.get("n_heldout_problems", 32),
-            seed=spec.get("seed", 0),
-        )
+        make = make_splits if spec["name"] == "toy" else make_word_problem_splits
+        splits = make(**{key: value for key, value in spec.items() if key != "name"})
         return splits.train, splits.heldout_sft, splits.heldout_problems
     data = load_dataset(spec["name"], spec.get("config"), data_files=spec.get("data_files"))
     train = data[spec.get("train_split", "train")]

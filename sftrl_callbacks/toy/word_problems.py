@@ -150,7 +150,8 @@ def make_word_problem_splits(
     steps: Sequence[int] = (1, 2, 3),
     seed: int = 0,
 ) -> ToySplits:
-    """Train rows, held-out SFT rows (loss) and held-out problems (pass@k), pairwise disjoint by arithmetic.
+    """Train rows, held-out SFT rows (loss) and held-out problems (pass@k), pairwise disjoint by their numbers
+    (`WordProblem.key`).
 
     The held-out sets are drawn first, so they stay the same when `n_train` changes."""
     rng = random.Random(seed)
