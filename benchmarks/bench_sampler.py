@@ -4,12 +4,16 @@
     python benchmarks/bench_sampler.py --model 403m --device cuda --max-new-tokens 256   # GPU.md's setting
     python benchmarks/bench_sampler.py --model smollm2 --prompts 8 --max-new-tokens 64 --repeats 1 --skip naive
         # SmolLM2-135M-Instruct (a real chat model) on chat prompts of word problems
+    python benchmarks/bench_sampler.py --model smollm2 ... --sampler hf vllm    # with VLLMSampler rows (vLLM
+        # installed: .ci/vllm makes such an environment)
 
 Methods, on the same model, prompts, n, temperature and max new tokens, tokens counted up to EOS:
 - naive: per-prompt `generate(num_return_sequences=n)` (what TRL's completion logging does);
 - batched: one `generate` over all prompts x n rows (left-padded);
 - static: `generate(cache_implementation="static")`, compiled with `--compile` (CUDA only);
-- HFSampler: this library.
+- HFSampler: this library;
+- VLLMSampler (`--sampler vllm`): vLLM's engine, the weights pushed from the model in memory; its start-up and
+  the push are timed apart, not in its tokens/s.
 Each method runs once to warm up at the timed shape, then the methods take turns `--repeats` times (so a
 slow spell of a shared machine hits them alike); the best run of each is shown.
 """
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="compile the static-cache generate (CUDA)")
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (naive is slow on big models)")
+    parser.add_argument("--sampler", nargs="+", default=["hf"], choices=["hf", "vllm"], help="vllm: add its rows")
     ns = parser.parse_args()
     if ns.device == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -159,6 +164,19 @@ def main() -> None:
             model, tokenizer, prompts, ns.n, ns.max_new_tokens, HFSampler(show_progress=False, static=True)
         ),
     }
+    if "vllm" in ns.sampler:
+        from sftrl_callbacks.sampling import encode_prompts
+        from sftrl_callbacks.vllm_sampler import VLLMSampler
+
+        longest = max(len(ids) for ids in encode_prompts(tokenizer, prompts))
+        engine = VLLMSampler(max_model_len=longest + ns.max_new_tokens, enforce_eager=ns.device == "cpu")
+        start = time.perf_counter()
+        engine.prepare(model)
+        started = time.perf_counter() - start
+        start = time.perf_counter()
+        engine.prepare(model)
+        print(f"  {engine.description}: engine start {started:.1f} s, weight push {time.perf_counter() - start:.2f} s")
+        methods[engine.description] = lambda: ours(model, tokenizer, prompts, ns.n, ns.max_new_tokens, engine)
     if ns.compile:
         compiled = HFSampler(show_progress=False, compile=True)  # one sampler: compiled once, then reused
         methods["HFSampler compile=True"] = lambda: ours(model, tokenizer, prompts, ns.n, ns.max_new_tokens, compiled)
@@ -181,9 +199,10 @@ def main() -> None:
     rates = {name: rate for name, (rate, _) in best.items()}
     for name, (rate, tokens) in best.items():
         print(f"  {name:<38} {rate:>10,.0f} tok/s   ({tokens} tokens)")
-    for mine in [name for name in rates if name.startswith("HFSampler")]:
+    ours_ = ("HFSampler", "VLLMSampler")
+    for mine in [name for name in rates if name.startswith(ours_)]:
         for name, rate in rates.items():
-            if not name.startswith("HFSampler"):
+            if not name.startswith(ours_):
                 print(f"  {mine} / {name}: {rates[mine] / rate:.2f}x")
 
 

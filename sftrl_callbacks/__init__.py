@@ -16,22 +16,23 @@ _WHERE = {
     "PassAtKCallbackConfig": "callbacks",
     "RLReadinessCallback": "callbacks",
     "RLReadinessConfig": "callbacks",
-    "PassAtKConfig": "measure",
-    "PassAtKResult": "measure",
-    "load_result": "measure",
+    "PassAtKConfig": "contracts",
+    "PassAtKResult": "contracts",
+    "load_result": "contracts",
     "measure_pass_at_k": "measure",
     "bootstrap_ci": "passk",
     "extrapolate_pass_at_k": "passk",
     "pass_at_k": "passk",
     "pass_at_k_curve": "passk",
-    "Completion": "sampling",
+    "Completion": "contracts",
     "HFSampler": "sampling",
-    "Sampler": "sampling",
-    "SamplingParams": "sampling",
+    "Sampler": "contracts",
+    "SamplingParams": "contracts",
     "Image": "sinks",
     "JsonlSink": "sinks",
     "MetricSink": "sinks",
     "Table": "sinks",
+    "VLLMSampler": "vllm_sampler",
     "AnswerVerifier": "verifiers",
     "MathVerifyVerifier": "verifiers",
     "RewardFunctionVerifier": "verifiers",
@@ -63,9 +64,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RLReadinessCallback,
         RLReadinessConfig,
     )
-    from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k  # noqa: F401
+    from .contracts import Completion, PassAtKConfig, PassAtKResult, Sampler, SamplingParams, load_result  # noqa: F401
+    from .measure import measure_pass_at_k  # noqa: F401
     from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve  # noqa: F401
-    from .sampling import Completion, HFSampler, Sampler, SamplingParams  # noqa: F401
+    from .sampling import HFSampler  # noqa: F401
     from .sinks import Image, JsonlSink, MetricSink, Table  # noqa: F401
     from .verifiers import (  # noqa: F401
         AnswerVerifier,
@@ -74,3 +76,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         Verifier,
         register_verifier,
     )
+    from .vllm_sampler import VLLMSampler  # noqa: F401

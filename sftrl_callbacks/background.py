@@ -30,9 +30,9 @@ from typing import Any
 from datasets import Dataset
 
 from . import layout
-from .checkpoints import link_copy, load_checkpoint
+from .checkpoints import link_copy, sampling_source
+from .contracts import PassAtKConfig, PassAtKResult, load_result, make_sampler
 from .io import atomic_file, write_json_atomic
-from .measure import PassAtKConfig, PassAtKResult, load_result, measure_pass_at_k
 from .records import file_safe
 from .verifiers import VERIFIERS, make_verifier
 
@@ -183,7 +183,7 @@ def run_job(job_path: str) -> None:
     import torch
     from datasets import disable_progress_bars, load_dataset
 
-    from .sampling import HFSampler
+    from .measure import measure_pass_at_k
 
     disable_progress_bars()
     with open(job_path, encoding="utf-8") as f:
@@ -195,8 +195,8 @@ def run_job(job_path: str) -> None:
     verifier = make_verifier(job["verifier"], answer_column=config.answer_column)
     with open(job["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
-    model, tokenizer = load_checkpoint(job["checkpoint"], "auto", job["device"], tokenizer=trainer_tokenizer)
-    sampler = HFSampler(show_progress=False)
+    sampler = make_sampler(config.sampler, {"show_progress": False, **config.sampler_options})
+    model, tokenizer = sampling_source(sampler, job["checkpoint"], "auto", job["device"], tokenizer=trainer_tokenizer)
     for name, path in job["problems"].items():
         problems = load_dataset("json", data_files=path, split="train")
         result = measure_pass_at_k(model, tokenizer, problems, verifier, config, sampler, name, job["step"])

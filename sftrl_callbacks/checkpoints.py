@@ -87,10 +87,12 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None
     `tokenizer`, it is returned as it is instead of the checkpoint's (a tokenizer built in code may not load
     back as the same one: `AutoTokenizer` can pick the model type's own class)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     loader, what = AutoModelForCausalLM, "model"
-    if check_checkpoint(path):
+    adapter = check_checkpoint(path)
+    tokenizer = tokenizer or load_tokenizer(path)
+    if adapter:
         with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
             base = json.load(f).get("base_model_name_or_path")
         try:
@@ -101,14 +103,6 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None
                 "or merge it first (model.merge_and_unload().save_pretrained(...))"
             ) from err
         loader, what = AutoPeftModelForCausalLM, f"adapter or its base model {base!r}"
-    if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"{path}: no tokenizer could be loaded ({first_line(err)}); save the tokenizer with the model "
-                "(the trainer does when it has processing_class=)"
-            ) from err
     try:
         model = loader.from_pretrained(
             path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), local_files_only=True
@@ -117,3 +111,25 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None
         raise ValueError(f"{path}: the {what} could not be loaded: {first_line(err)}") from err
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device), tokenizer
+
+
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved in a checkpoint folder, offline, with a one-line error."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: no tokenizer could be loaded ({first_line(err)}); save the tokenizer with the model "
+            "(the trainer does when it has processing_class=)"
+        ) from err
+
+
+def sampling_source(sampler: Any, path: str, dtype: str, device: str | None = None, tokenizer: Any = None):
+    """(what `sampler` samples, tokenizer) for a saved checkpoint: the folder itself for a sampler that reads
+    checkpoint folders (vLLM loads them without a second copy in memory), else the loaded model. A PEFT adapter
+    folder is always loaded on its base model (vLLM would read only the base)."""
+    if getattr(sampler, "reads_checkpoint_folders", False) and not check_checkpoint(path):
+        return path, tokenizer or load_tokenizer(path)
+    return load_checkpoint(path, dtype, device, tokenizer=tokenizer)

@@ -66,12 +66,14 @@ def _scalar_matches(value: Any, kind: Any) -> bool:
         return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
     if kind is str:
         return isinstance(value, str)
+    if kind is dict or typing.get_origin(kind) is dict:
+        return isinstance(value, dict)
     return True
 
 
 def _describe(expected: Any) -> str:
     kind, optional, many = annotation_parts(expected)
-    name = getattr(kind, "__name__", str(kind))
+    name = "dict" if typing.get_origin(kind) is dict else getattr(kind, "__name__", str(kind))
     return (f"a list of {name}" if many else name) + (" or None" if optional else "")
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import layout
-from .checkpoints import check_checkpoint, load_checkpoint
+from .checkpoints import check_checkpoint, load_checkpoint, sampling_source
 from .checks import first_line
 from .options import add_config_flags, config_from_flags
 
@@ -73,8 +73,9 @@ class _EvalInputs:
 
     def __init__(self, ns: argparse.Namespace) -> None:
         from . import toy  # noqa: F401  (registers the toy world's "toy-steps" verifier)
+        from .contracts import PassAtKConfig, make_sampler
         from .heldout import check_columns
-        from .measure import PassAtKConfig, check_problems
+        from .measure import check_problems
         from .verifiers import GuardedVerifier, make_verifier, probe_verifier
 
         self.heldout = []
@@ -82,9 +83,13 @@ class _EvalInputs:
             name, rows = _load_rows(spec)
             _in_file(spec, check_columns, rows, f"held-out {name!r}")
             self.heldout.append((name, rows))
-        self.problems, self.config, self.verifier = [], None, None
+        self.problems, self.config, self.verifier, self.sampler = [], None, None, None
         if ns.problems:
             self.config = config_from_flags(ns, PassAtKConfig, skip=EVAL_SKIPS)
+            options = dict(self.config.sampler_options)
+            if self.config.sampler == "hf":
+                options.setdefault("max_batch_rows", ns.max_batch_rows)
+            self.sampler = make_sampler(self.config.sampler, options)  # one for every checkpoint: vLLM's engine
             verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:
@@ -108,18 +113,21 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     from .io import write_json_atomic
     from .measure import measure_pass_at_k
     from .records import heldout_name
-    from .sampling import HFSampler, pad_token_id, prompts_that_change
+    from .sampling import pad_token_id, prompts_that_change
 
     inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
     step = int(match[1]) if match else None
-    model, tokenizer = load_checkpoint(checkpoint, ns.dtype)
+    model, tokenizer = None, None
+    if inputs.heldout or not getattr(inputs.sampler, "reads_checkpoint_folders", False):
+        model, tokenizer = load_checkpoint(checkpoint, ns.dtype)
     out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
     for name, rows in inputs.heldout:
         examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
         result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=pad_token_id(tokenizer))
         out["metrics"][heldout_name(name, "loss")] = result.loss
-    sampler = HFSampler(max_batch_rows=ns.max_batch_rows)
+    if inputs.problems and model is None:  # a sampler that reads the folder itself (vLLM)
+        model, tokenizer = sampling_source(inputs.sampler, checkpoint, ns.dtype)
     for name, rows in inputs.problems:
         prompts = inputs.config.used_prompts(rows)
         changed = prompts_that_change(tokenizer, prompts)
@@ -135,7 +143,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
                 name,
                 *changed[0],
             )
-        result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, sampler, name, step)
+        result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, inputs.sampler, name, step)
         result.save(layout.eval_passk_path(checkpoint, name))
         out["metrics"].update(result.metrics())
     write_json_atomic(layout.eval_path(checkpoint), out)
@@ -240,11 +248,12 @@ def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
         "--max-batch-rows",
         type=int,
         default=1024,
-        help="sequences sampled together (memory only: each problem's samples are seeded by the problem)",
+        help="HFSampler's sequences sampled together (memory only: each problem's samples are seeded by the "
+        "problem); other samplers take their options from --sampler-options",
     )
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    if with_eval_flags:  # PassAtKConfig's module needs torch: only for the verb that uses it
-        from .measure import PassAtKConfig
+    if with_eval_flags:  # its flags are made only for the verb that uses them
+        from .contracts import PassAtKConfig
 
         add_config_flags(ev, PassAtKConfig, skip=EVAL_SKIPS)
     ev.set_defaults(func=_eval)

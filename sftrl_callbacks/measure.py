@@ -1,166 +1,37 @@
 """One pass@k measurement of a model on a set of problems: sample -> verify -> counts -> curve.
 
 Shared by `PassAtKCallback` (during training) and `sftrl eval` (on saved checkpoints), so both give
-the same numbers for the same model, problems and seed.
+the same numbers for the same model, problems and seed. What it is asked and what it returns are in
+`contracts` (`PassAtKConfig`, `PassAtKResult`).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from datasets import Dataset
 
-from .checks import check_types, require
+from .contracts import PassAtKConfig, PassAtKResult, Sampler, describe_sampler, load_result, make_sampler
 from .distributed import Shard
-from .io import atomic_file, write_json_atomic
-from .passk import bootstrap_ci, default_ks, extrapolate_pass_at_k, pass_at_k_curve
-from .records import PassAtKRecord
-from .sampling import HFSampler, Sampler, SamplingParams, encode_prompts
+from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k_curve
+from .sampling import encode_prompts
 from .streams import prompt_seeds
 from .verifiers import GuardedVerifier, Verifier
 
 logger = logging.getLogger("sftrl_callbacks")
+
+__all__ = ["PassAtKConfig", "PassAtKResult", "load_result", "measure_pass_at_k"]
 
 # Completions kept per problem for the result's `examples` (of its first `num_saved_examples` problems).
 COMPLETIONS_KEPT = 4
 # Bootstrap resamples of an extrapolated interval: each one refits the beta-binomial, so fewer than the
 # `ci_resamples` of the unbiased intervals (which cost a few array operations each).
 EXTRAPOLATION_RESAMPLES = 200
-
-
-@dataclass
-class PassAtKConfig:
-    """What `PassAtKCallback` / `sftrl eval` sample and how they estimate pass@k."""
-
-    n: int = field(default=64, metadata={"help": "Samples per problem (the paper: 256 for pass@64)."})
-    ks: list[int] | None = field(default=None, metadata={"help": "k values to log (default 1, 2, 4, ..., n)."})
-    extrapolate_ks: list[int] = field(
-        default_factory=list,
-        metadata={"help": "k values above n, estimated from a beta-binomial fit (empirical Bayes), e.g. [256]."},
-    )
-    allocation: str = field(
-        default="uniform",
-        metadata={
-            "help": "'uniform': n samples per problem. 'dynamic': initial_n each, then the rest of the n x problems "
-            "budget in rounds to problems still unsolved (pass@k then comes from the beta-binomial fit)."
-        },
-    )
-    initial_n: int = field(default=16, metadata={"help": "First-round samples per problem with allocation='dynamic'."})
-    max_n_per_problem: int = field(default=256, metadata={"help": "Cap per problem with allocation='dynamic'."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens per completion."})
-    stop_strings: list[str] = field(default_factory=list, metadata={"help": "Extra stop strings."})
-    num_problems: int | None = field(default=None, metadata={"help": "Use the first N problems (None: all)."})
-    time_budget_s: float | None = field(
-        default=None, metadata={"help": "Stop sampling new problems after this many seconds (logs how many were done)."}
-    )
-    gather_parameters: bool = field(
-        default=True,
-        metadata={
-            "help": "Under FSDP2 or DeepSpeed ZeRO-3, hold the whole parameters on every rank while sampling, as "
-            "TRL's ds3_gather_for_generation does: faster, but each rank needs the whole model's memory. False "
-            "samples with the parameters sharded (every rank's forwards in step)."
-        },
-    )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or messages)."})
-    answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
-    num_saved_examples: int = field(
-        default=3,
-        metadata={
-            "help": "Problems whose first completions (with verdict, tokens, truncation) go into the JSON and the "
-            "trackers' completions table."
-        },
-    )
-    save_completions: bool = field(
-        default=False,
-        metadata={
-            "help": "Also write every completion (prompt, completion, verdict, expected answer, tokens, truncated) "
-            "to <output_dir>/sftrl/completions/step-<step>_<set>.jsonl.gz."
-        },
-    )
-    ci_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for confidence intervals."})
-    seed: int = field(default=0, metadata={"help": "Seed of sampling and of the bootstrap."})
-    verifier_timeout_s: float | None = field(
-        default=60.0,
-        metadata={
-            "help": "Longest wait for one verifier call (one problem's completions); a call that takes longer counts "
-            "as wrong and is reported. Verifiers that bound their own time (`bounded = True`, e.g. math-verify) "
-            "are called directly; None calls every verifier directly, without a limit."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        require(self, "n", self.n >= 1, "samples per problem must be >= 1")
-        if self.ks is not None:
-            require(self, "ks", len(self.ks) > 0 and min(self.ks) >= 1, "give positive integers (or None)")
-            require(self, "ks", max(self.ks) <= self.n, f"k above n={self.n}: raise n or put k in extrapolate_ks")
-            self.ks = sorted({int(k) for k in self.ks})
-        require(self, "extrapolate_ks", all(k >= 1 for k in self.extrapolate_ks), "give positive integers")
-        require(self, "allocation", self.allocation in ("uniform", "dynamic"), "use 'uniform' or 'dynamic'")
-        if self.allocation == "dynamic":
-            require(self, "initial_n", 1 <= self.initial_n <= self.n, f"must be in [1, n={self.n}]")
-            require(self, "max_n_per_problem", self.max_n_per_problem >= self.initial_n, "must be >= initial_n")
-        require(
-            self,
-            "temperature",
-            self.temperature > 0 or self.n == 1,
-            "must be > 0 (0 is greedy: all n samples would be the same and pass@k would equal pass@1)",
-        )
-        require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
-        require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
-        require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
-        require(self, "stop_strings", all(self.stop_strings), "empty stop strings would stop every completion at once")
-        require(self, "num_problems", self.num_problems is None or self.num_problems >= 1, "must be >= 1 or None")
-        require(self, "time_budget_s", self.time_budget_s is None or self.time_budget_s >= 0, "must be >= 0 or None")
-        require(self, "prompt_column", bool(self.prompt_column), "name the prompt column")
-        require(self, "answer_column", bool(self.answer_column), "name the answer column")
-        require(self, "num_saved_examples", self.num_saved_examples >= 0, "must be >= 0")
-        require(self, "ci_resamples", self.ci_resamples >= 100, "a 95 % bootstrap interval needs >= 100 resamples")
-        require(
-            self,
-            "verifier_timeout_s",
-            self.verifier_timeout_s is None or self.verifier_timeout_s > 0,
-            "must be > 0 or None",
-        )
-
-    def measured_ks(self) -> list[int]:
-        """The ks estimated directly, unbiased: those of `ks` up to the samples every problem gets."""
-        per_problem = self.n if self.allocation == "uniform" else self.initial_n
-        return [k for k in self.ks or default_ks(self.n) if k <= per_problem]
-
-    def extrapolated_ks(self) -> list[int]:
-        """The ks from the beta-binomial fit: `extrapolate_ks` and the rest of `ks` (above `initial_n` when
-        dynamic)."""
-        measured = set(self.measured_ks())
-        return sorted(set(self.extrapolate_ks) | {k for k in self.ks or default_ks(self.n) if k not in measured})
-
-    def num_used(self, available: int) -> int:
-        """How many problems a measurement uses: the first `num_problems` of those `available` (all when None)."""
-        return available if self.num_problems is None else min(self.num_problems, available)
-
-    def used_prompts(self, problems: Dataset) -> list:
-        """The prompts of the problems a measurement uses."""
-        return problems[: self.num_used(len(problems))][self.prompt_column]
-
-    def sampling_params(self) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            stop_strings=tuple(self.stop_strings),
-            seed=self.seed,
-        )
 
 
 def check_problems(problems: Dataset, config: PassAtKConfig, name: str = "problems") -> None:
@@ -224,92 +95,6 @@ def check_prompts_fit(model: Any, tokenizer: Any, problems: Dataset, config: Pas
         )
 
 
-@dataclass
-class PassAtKResult:
-    dataset: str
-    step: int | None
-    n_per_problem: list[int]  # samples drawn of each problem (PassAtKConfig.n is the number asked per problem)
-    c_per_problem: list[int]  # of them verified correct
-    pass_at_k: dict[int, float]
-    ci: dict[int, dict[str, Any]]
-    extrapolated: dict[int, dict[str, Any]]
-    mean_completion_tokens: float
-    truncation_rate: float
-    num_problems: int
-    num_problems_requested: int
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    allocation: str
-    sampler: str
-    verifier: str
-    wall_time_s: float
-    examples: list[dict[str, Any]]
-    verifier_timeouts: int = 0  # completions counted wrong because the verifier timed out
-    completions: list[dict[str, Any]] | None = None  # every completion, with save_completions (not in the JSON)
-
-    def to_record(self, step: int | None = None) -> PassAtKRecord:
-        """The typed record the callbacks publish (measured and extrapolated ks kept apart)."""
-        return PassAtKRecord(
-            step=self.step if step is None else step,
-            dataset=self.dataset,
-            pass_at_k=dict(self.pass_at_k),
-            extrapolated={k: v["estimate"] for k, v in self.extrapolated.items()},
-            extra={
-                "mean_completion_tokens": self.mean_completion_tokens,
-                "truncation_rate": self.truncation_rate,
-                "num_problems": self.num_problems,
-                "samples": int(sum(self.n_per_problem)),
-                "verifier_timeouts": self.verifier_timeouts,
-            },
-            context_=self.context(),
-        )
-
-    def metrics(self) -> dict[str, float]:
-        """`{metric name: value}` as the callbacks log them (names from `records`)."""
-        return self.to_record().metrics()
-
-    def context(self) -> dict[str, Any]:
-        """How every metric of this result was measured (goes next to each JSONL record)."""
-        return {
-            "dataset": self.dataset,
-            "n": int(max(self.n_per_problem))
-            if self.allocation == "uniform"
-            else f"dynamic, {sum(self.n_per_problem)} total",
-            "temperature": self.temperature,
-            "num_problems": self.num_problems,
-            "estimator": "unbiased (Chen et al. 2021); k above the samples per problem: beta-binomial EB",
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["completions"]  # written apart (write_completions): one measurement can hold 10^5 of them
-        return data
-
-    def write_completions(self, path: str) -> None:
-        """Every completion as gzip-compressed JSONL, one object a completion (needs save_completions)."""
-        if self.completions is None:
-            raise ValueError("this result holds no completions: measure with save_completions=True")
-        with atomic_file(path, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
-            for row in self.completions:
-                f.write(json.dumps({"step": self.step, "set": self.dataset, **row}, default=str) + "\n")
-
-    def save(self, path: str) -> None:
-        write_json_atomic(path, self.to_json())
-
-
-def load_result(path: str) -> PassAtKResult:
-    """A `PassAtKResult` from its JSON file (older files call the counts `n` and `c`)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    for old, new in (("n", "n_per_problem"), ("c", "c_per_problem")):
-        if old in data:
-            data[new] = data.pop(old)
-    for key in ("pass_at_k", "ci", "extrapolated"):
-        data[key] = {int(k): v for k, v in data[key].items()}
-    return PassAtKResult(**data)
-
-
 def measure_pass_at_k(
     model: Any,
     tokenizer: Any,
@@ -332,7 +117,7 @@ def measure_pass_at_k(
     if not checked:  # PassAtKCallback checked its sets once, at construction and at train start
         check_problems(problems, config, dataset_name)
         check_prompts_fit(model, tokenizer, problems, config, dataset_name)
-    sampler = sampler or HFSampler()
+    sampler = sampler or make_sampler(config.sampler, config.sampler_options)
     shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
         verifier = GuardedVerifier(verifier, config.verifier_timeout_s)
@@ -342,31 +127,14 @@ def measure_pass_at_k(
     deadline = None if config.time_budget_s is None else start + config.time_budget_s
     draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline)
 
-    first_n = config.n if config.allocation == "uniform" else config.initial_n
-    first = draw.round(0, list(range(len(rows))), [first_n] * len(rows))
-    done = sorted(first)  # a time budget can leave problems out
-    rows, tallies = [rows[i] for i in done], [first[i] for i in done]
-    draw.rows, draw.ids = rows, [draw.ids[i] for i in done]  # later rounds index the problems kept
-    counts_n = np.array([t.n for t in tallies], dtype=np.int64)
-    counts_c = np.array([t.c for t in tallies], dtype=np.int64)
-
-    first_round_c = counts_c.copy()
-    if config.allocation == "dynamic":
-        budget = config.n * len(rows) - int(counts_n.sum())
-        round_index = 1
-        while budget > 0 and shard.all(deadline is None or time.time() < deadline):
-            open_ = np.flatnonzero((counts_c == 0) & (counts_n < config.max_n_per_problem))
-            if open_.size == 0:
-                break
-            per = min(config.initial_n, max(1, budget // open_.size))
-            extra = [int(min(per, config.max_n_per_problem - counts_n[i])) for i in open_]
-            more = draw.round(round_index, open_.tolist(), extra)
-            for i, tally in more.items():
-                counts_n[i] += tally.n
-                counts_c[i] += tally.c
-                tallies[i] = tallies[i].joined(tally)
-            budget -= sum(t.n for t in more.values())
-            round_index += 1
+    prepare, release = getattr(sampler, "prepare", None), getattr(sampler, "release", None)
+    if prepare is not None:  # a sampler with weights of its own (vLLM) takes the model's now, on every rank
+        shard.run("preparing the sampler", prepare, model)
+    try:
+        tallies, counts_n, counts_c, first_round_c, rows = _sample_rounds(draw, rows, config, shard, deadline)
+    finally:
+        if release is not None:
+            release()
     tokens = [x for t in tallies for x in t.tokens]
     truncated = [x for t in tallies for x in t.truncated]
     kept = [t.kept for t in tallies]
@@ -383,7 +151,7 @@ def measure_pass_at_k(
     # Unbiased estimates need the same n for every problem: the uniform first round. Dynamic
     # rounds add samples only where the first round found nothing, so every k above initial_n (and
     # every extrapolated k) comes from the beta-binomial fit to all counts.
-    round_n = counts_n if config.allocation == "uniform" else np.minimum(counts_n, first_n)
+    round_n = counts_n if config.allocation == "uniform" else np.minimum(counts_n, config.initial_n)
     round_c = counts_c if config.allocation == "uniform" else first_round_c
     ks = config.measured_ks() if len(rows) else []
     result_curve = pass_at_k_curve(round_n, round_c, ks) if ks else {}
@@ -429,13 +197,43 @@ def measure_pass_at_k(
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         allocation=config.allocation,
-        sampler=type(sampler).__name__,
+        sampler=describe_sampler(sampler),
         verifier=verifier.name,
         wall_time_s=time.time() - start,
         examples=examples,
         verifier_timeouts=sum(t.timeouts for t in tallies),
         completions=every,
     )
+
+
+def _sample_rounds(draw: _Draw, rows: list[dict], config: PassAtKConfig, shard: Shard, deadline: float | None):
+    """The uniform first round, then (allocation='dynamic') rounds for the problems still unsolved."""
+    first_n = config.n if config.allocation == "uniform" else config.initial_n
+    first = draw.round(0, list(range(len(rows))), [first_n] * len(rows))
+    done = sorted(first)  # a time budget can leave problems out
+    rows, tallies = [rows[i] for i in done], [first[i] for i in done]
+    draw.rows, draw.ids = rows, [draw.ids[i] for i in done]  # later rounds index the problems kept
+    counts_n = np.array([t.n for t in tallies], dtype=np.int64)
+    counts_c = np.array([t.c for t in tallies], dtype=np.int64)
+
+    first_round_c = counts_c.copy()
+    if config.allocation == "dynamic":
+        budget = config.n * len(rows) - int(counts_n.sum())
+        round_index = 1
+        while budget > 0 and shard.all(deadline is None or time.time() < deadline):
+            open_ = np.flatnonzero((counts_c == 0) & (counts_n < config.max_n_per_problem))
+            if open_.size == 0:
+                break
+            per = min(config.initial_n, max(1, budget // open_.size))
+            extra = [int(min(per, config.max_n_per_problem - counts_n[i])) for i in open_]
+            more = draw.round(round_index, open_.tolist(), extra)
+            for i, tally in more.items():
+                counts_n[i] += tally.n
+                counts_c[i] += tally.c
+                tallies[i] = tallies[i].joined(tally)
+            budget -= sum(t.n for t in more.values())
+            round_index += 1
+    return tallies, counts_n, counts_c, first_round_c, rows
 
 
 @dataclass
@@ -491,6 +289,9 @@ class _Draw:
         mine = self.shard.mine(range(len(problems)))
         size = max(1, getattr(self.sampler, "max_batch_rows", 1024) // max(counts, default=1))
         chunks = [mine[lo : lo + size] for lo in range(0, len(mine), size)]
+        # A sampler that does not run the model's forwards (vLLM's engine holds its own copy of the weights) needs
+        # neither the forwards in step nor the whole parameters.
+        forwards = getattr(self.sampler, "runs_model_forwards", True)
         parts = self.shard.run(
             "pass@k sampling",
             self._draw,
@@ -498,7 +299,7 @@ class _Draw:
             chunks,
             problems,
             counts,
-            model=self.model,
+            model=self.model if forwards else None,
             gather_parameters=self.config.gather_parameters,
         )
         return {i: tally for part in parts for i, tally in part.items()}

@@ -2,13 +2,15 @@
 config reaches `sftrl eval` and the docs without a second copy of its name, type, default or help.
 
 A field `max_new_tokens: int` becomes `--max-new-tokens INT`; `bool` fields get `--x / --no-x`; list fields
-take several values (`--stop-strings "####" "\\n"`); optional fields also take `none`.
+take several values (`--stop-strings "####" "\\n"`); dict fields take KEY=VALUE pairs, each value read as JSON
+when it parses (`--sampler-options max_model_len=512 enforce_eager=true`); optional fields also take `none`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -48,6 +50,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: It
         text = f"{f.metadata.get('help', '')} (default: {default!r})"
         if kind is bool and not many:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=text)
+        elif typing.get_origin(kind) is dict:
+            group.add_argument(
+                flag, dest=f.name, type=_pair, nargs="*", action=_Pairs, default=default, metavar="KEY=VALUE", help=text
+            )
         else:
             nargs = "+" if many else None
             metavar = kind.__name__.upper()
@@ -59,6 +65,22 @@ def config_from_flags(ns: argparse.Namespace, config_cls: type, skip: Iterable[s
     """`config_cls` built from the flags `add_config_flags` added (skipped fields keep their defaults; the
     config's own checks run as usual)."""
     return config_cls(**{f.name: getattr(ns, f.name) for f in _flagged_fields(config_cls, skip)})
+
+
+class _Pairs(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, dict(values))
+
+
+def _pair(text: str) -> tuple[str, Any]:
+    """KEY=VALUE of a dict flag; the value as JSON when it parses (numbers, true/false, null), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def reference_table(config_cls: type) -> str:

@@ -1,4 +1,4 @@
-"""Sampling completions: the `Sampler` protocol and the Hugging Face backend.
+"""Sampling completions with plain PyTorch: `HFSampler` (the `Sampler` contract is in `contracts`).
 
 `HFSampler` is a hand-written decode loop rather than `model.generate`, because large-k sampling
 is dominated by waste that `generate` cannot avoid on a mixed batch:
@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -21,59 +20,11 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 from transformers.generation.stopping_criteria import StopStringCriteria
 
-from .checks import check_types, require
+from .contracts import Completion, Sampler, SamplingParams
 from .distributed import no_grad_for
 from .streams import Uniforms, prompt_seeds
 
-
-@dataclass
-class SamplingParams:
-    """How to sample. temperature 0 means greedy decoding."""
-
-    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per completion."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; 0 = greedy."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1.0 = off)."})
-    top_k: int = field(default=0, metadata={"help": "Keep only the k most likely tokens (0 = off)."})
-    stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "Stop a completion at any of these."})
-    seed: int = field(default=0, metadata={"help": "Seed of the random draws (see prompt_seeds)."})
-    prompt_seeds: tuple[int, ...] = field(
-        default=(),
-        metadata={
-            "help": "One seed per prompt of a call: prompt i's samples come from random streams of its own, so they "
-            "do not depend on which other prompts share the call (empty: derived from seed and the prompt's place)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")
-        require(self, "temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)")
-        require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
-        require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
-        self.stop_strings = tuple(self.stop_strings)
-        self.prompt_seeds = tuple(int(s) for s in self.prompt_seeds)
-        require(self, "prompt_seeds", all(s >= 0 for s in self.prompt_seeds), "seeds must be >= 0")
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    n_tokens: int
-    truncated: bool  # hit max_new_tokens before EOS or a stop string
-
-
-@runtime_checkable
-class Sampler(Protocol):
-    def sample(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        prompts: Sequence[str | list],
-        n: int | Sequence[int],
-        params: SamplingParams,
-    ) -> list[list[Completion]]:
-        """`n` completions (or `n[i]` for prompt i) for each prompt, in prompt order."""
-        ...
+__all__ = ["Completion", "HFSampler", "Sampler", "SamplingParams", "encode_prompts"]
 
 
 @contextlib.contextmanager
@@ -265,7 +216,7 @@ class HFSampler:
         finished = torch.zeros(total, dtype=torch.bool, device=device)  # ended by EOS or a stop string
         live = torch.arange(total, device=device)  # output row of each row still in the batch
         live_done = torch.zeros(total, dtype=torch.bool, device=device)
-        eos = torch.tensor(sorted(_eos_ids(model, tokenizer)), dtype=torch.long, device=device)
+        eos = torch.tensor(sorted(eos_ids(model, tokenizer)), dtype=torch.long, device=device)
         stops = self._stop_criteria(tokenizer, params.stop_strings)
         sync_every = 4
         for t in range(max_new):
@@ -296,11 +247,7 @@ class HFSampler:
 
         results: list[list[Completion]] = [[] for _ in prompts]
         for generated, n, ended, prompt_index in zip(out.tolist(), length.tolist(), finished.tolist(), rows.tolist()):
-            text = tokenizer.decode(generated[:n], skip_special_tokens=True)
-            for stop in params.stop_strings:
-                cut = text.find(stop)
-                if cut >= 0:
-                    text = text[: cut + len(stop)]
+            text = cut_at_stop(tokenizer.decode(generated[:n], skip_special_tokens=True), params.stop_strings)
             results[prompt_index].append(Completion(text=text, n_tokens=n, truncated=not ended))
         return results
 
@@ -505,7 +452,25 @@ def _cache_argument(model: PreTrainedModel) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` up to and with the first stop string in it (each stop string in turn)."""
+    for stop in stop_strings:
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[: cut + len(stop)]
+    return text
+
+
+def eos_ids(model: PreTrainedModel | str, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokens that end a completion: the model's generation config's EOS ids and the tokenizer's EOS. `model`
+    may be a checkpoint folder (its generation_config.json)."""
+    if isinstance(model, str):
+        from transformers import GenerationConfig
+
+        try:
+            model = SimpleNamespace(generation_config=GenerationConfig.from_pretrained(model, local_files_only=True))
+        except OSError:  # no generation_config.json
+            model = SimpleNamespace()
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
     if tokenizer.eos_token_id is not None:

@@ -38,13 +38,15 @@ def trained(tokenizer, splits, tmp_path_factory):
     return model
 
 
-def make_trainer(tmp_path, tokenizer, train, callbacks, max_steps=30, report_to=(), eval_dataset=None, **overrides):
+def make_trainer(
+    tmp_path, tokenizer, train, callbacks, max_steps=30, report_to=(), eval_dataset=None, model=None, **overrides
+):
     from trl import SFTTrainer
 
     from sftrl_callbacks.demo import toy_sft_config
     from sftrl_callbacks.toy import build_model
 
-    model = build_model(tokenizer, seed=0)
+    model = model or build_model(tokenizer, seed=0)
     overrides.setdefault("logging_steps", 5)
     overrides.setdefault("save_steps", 15)
     args = toy_sft_config(str(tmp_path / "out"), max_steps, list(report_to), **overrides)

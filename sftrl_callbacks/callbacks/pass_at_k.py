@@ -8,7 +8,7 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datasets import Dataset
@@ -18,12 +18,12 @@ from .. import layout
 from ..background import BackgroundPassAtK
 from ..checkpoints import saves_only_deepspeed_shards
 from ..checks import require
+from ..contracts import PassAtKConfig, PassAtKResult, Sampler, make_sampler
 from ..distributed import Shard
 from ..hub import Source
-from ..measure import PassAtKConfig, PassAtKResult, check_problems, check_prompts_fit, measure_pass_at_k
+from ..measure import check_problems, check_prompts_fit, measure_pass_at_k
 from ..records import passk_name
 from ..report import completions_table, passk_curve_table
-from ..sampling import HFSampler, Sampler
 from ..sinks import MetricSink
 from ..verifiers import GuardedVerifier, Verifier, make_verifier, probe_verifier
 from .base import ScheduleConfig, ScheduledMonitor, make_config, named_sets, text_tokenizer
@@ -39,8 +39,8 @@ class PassAtKCallbackConfig(ScheduleConfig, PassAtKConfig):
         default=False,
         metadata={
             "help": "Measure saved checkpoints in a separate process (same code and config, the trainer's tokenizer) "
-            "so training does not wait; results land at the checkpoint's step. Needs a named verifier and the "
-            "default sampler; single-process runs only. At the end of training it waits for the last ones."
+            "so training does not wait; results land at the checkpoint's step. Needs a named verifier and a named "
+            "sampler; single-process runs only. At the end of training it waits for the last ones."
         },
     )
     background_device: str = field(
@@ -59,7 +59,8 @@ class PassAtKCallback(ScheduledMonitor):
 
     `problems` is a `Dataset` (named "heldout") or a dict name -> Dataset with a prompt column (text or
     messages) and an answer column. `verifier` is a `Verifier` or a name ("answer", "math-verify",
-    "toy-steps"); `sampler` defaults to `HFSampler`. Logs `sftrl/passk/<set>/pass@<k>` per k (unbiased
+    "toy-steps"); `sampler` is a `Sampler` or a built-in sampler's name ("hf": `HFSampler`, the default; "vllm":
+    `VLLMSampler`), which sets the config's `sampler` field. Logs `sftrl/passk/<set>/pass@<k>` per k (unbiased
     estimator), `pass@<K>_extrapolated` for `extrapolate_ks`, plus `mean_completion_tokens`,
     `truncation_rate`, `num_problems` and `samples`; writes the raw per-problem counts and sample
     completions to `<output_dir>/sftrl/passk/step-<step>_<set>.json` and, on saves, to
@@ -74,10 +75,16 @@ class PassAtKCallback(ScheduledMonitor):
         problems: Dataset | Mapping[str, Dataset],
         verifier: Verifier | str = "answer",
         config: PassAtKCallbackConfig | None = None,
-        sampler: Sampler | None = None,
+        sampler: Sampler | str | None = None,
         sinks: Sequence[MetricSink] = (),
         **config_fields: Any,
     ) -> None:
+        if isinstance(sampler, str):  # a built-in sampler by name: the config's own field
+            if config is None:
+                config_fields["sampler"] = sampler
+            else:
+                config = replace(config, sampler=sampler)
+            sampler = None
         super().__init__(make_config(PassAtKCallbackConfig, config, config_fields), sinks)
         self.problems = named_sets(problems, "problems", "Problem set")
         for name, ds in self.problems.items():
@@ -86,14 +93,15 @@ class PassAtKCallback(ScheduledMonitor):
         self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
         for name, ds in self.problems.items():
             probe_verifier(self._guarded, ds[0], f"problem set {name!r}")
-        self.sampler = sampler or HFSampler()
+        # Made now, so that a missing engine (vLLM) or a bad option fails here rather than at the first measurement.
+        self.sampler = sampler or make_sampler(self.config.sampler, self.config.sampler_options)
         if not isinstance(self.sampler, Sampler):
             raise TypeError(f"{type(self.sampler).__name__} is not a Sampler: it needs sample(model, tokenizer, ...).")
         if self.config.background and (not isinstance(verifier, str) or sampler is not None):
             raise ValueError(
-                "PassAtKCallback(background=True) measures in another process, which rebuilds the verifier from "
-                "its name and uses the default sampler: pass verifier='answer' / 'math-verify' / 'toy-steps' and "
-                "no sampler."
+                "PassAtKCallback(background=True) measures in another process, which rebuilds the verifier and the "
+                "sampler from their names: pass verifier='answer' / 'math-verify' / 'toy-steps' and a sampler name "
+                "('hf', 'vllm'), not objects."
             )
         self.verifier_name = verifier if isinstance(verifier, str) else None
 

