@@ -124,6 +124,10 @@ class VLLMSampler:
 
         self._sleeps = current_platform.is_sleep_mode_available() if self.sleep is None else self.sleep
         options = dict(self.options)
+        if self.per_request_seeds and current_platform.is_cpu():
+            # A prefill split over two engine steps rewinds its request's generator, which CPU generators refuse
+            # ("CPU Generator does not use offset"): prompts are prefilled whole there.
+            options.setdefault("enable_chunked_prefill", False)
         if _distributed():
             # One engine per rank on torch.distributed's own processes, as TRL's colocate mode runs it.
             import torch

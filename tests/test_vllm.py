@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,14 +103,15 @@ def test_pass_at_k_agrees_with_hfsampler_within_the_intervals(engine, trained, t
 
 
 def test_per_request_seeds_do_not_depend_on_the_batch(engine, trained, tokenizer, splits):
-    prompts = splits.heldout_problems["prompt"][:3]
-    params = SamplingParams(max_new_tokens=32, temperature=1.0, top_p=0.9, top_k=8, prompt_seeds=(11, 12, 13))
-    together = engine.sample(trained, tokenizer, prompts, 4, params)
-    alone = engine.sample(
-        trained, tokenizer, prompts[1:2], 4, SamplingParams(**{**params.__dict__, "prompt_seeds": (12,)})
-    )
+    # 24 prompts x 64 samples: more prompt tokens than one engine step takes (4096), where a prefill split over two
+    # steps would rewind a seeded generator, which CPU generators refuse.
+    prompts = splits.heldout_problems["prompt"]
+    seeds = tuple(range(100, 100 + len(prompts)))
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, top_k=8, prompt_seeds=seeds)
+    together = engine.sample(trained, tokenizer, prompts, 64, params)
+    alone = engine.sample(trained, tokenizer, prompts[1:2], 64, replace(params, prompt_seeds=seeds[1:2]))
     assert together[1] == alone[0]
-    assert engine.sample(trained, tokenizer, prompts, 4, params) == together
+    assert engine.sample(trained, tokenizer, prompts, 64, params) == together
     assert len({c.text for c in together[0]}) > 1  # sampled, not greedy
 
 

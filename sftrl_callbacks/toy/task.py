@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from datasets import Dataset
+
+T = TypeVar("T")
 
 OPERATORS = "+-"
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
@@ -119,18 +122,31 @@ class ArithmeticTask:
         """`n` problems with a step count drawn from `steps` (with `weights`), prompts not in `exclude`."""
         exclude = set(exclude or ())
         seen: set[str] = set()
-        out: list[Problem] = []
-        attempts = 0
-        while len(out) < n:
-            attempts += 1
-            if attempts > 200 * n + 10_000:
-                raise ValueError(f"Could not draw {n} problems with steps={steps} outside the excluded set.")
-            p = self.problem(self._rng.choices(list(steps), weights=weights)[0])
+
+        def accept(p: Problem) -> bool:
             if p.prompt in exclude or (unique and p.prompt in seen):
-                continue
+                return False
             seen.add(p.prompt)
-            out.append(p)
-        return out
+            return True
+
+        def draw() -> Problem:
+            return self.problem(self._rng.choices(list(steps), weights=weights)[0])
+
+        return draw_until(n, draw, accept, f"problems with steps={steps} outside the excluded set")
+
+
+def draw_until(n: int, draw: Callable[[], T], accept: Callable[[T], bool], what: str) -> list[T]:
+    """The first `n` draws that `accept` takes (it may record them), giving up after 200 n + 10,000 tries."""
+    out: list[T] = []
+    for _ in range(200 * n + 10_000):
+        if len(out) == n:
+            return out
+        item = draw()
+        if accept(item):
+            out.append(item)
+    if len(out) < n:
+        raise ValueError(f"Could not draw {n} {what}.")
+    return out
 
 
 def to_dataset(problems: Sequence[Problem], fmt: str = "prompt_completion") -> Dataset:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from .task import ToySplits
+from .task import ToySplits, draw_until
 
 NAMES = [
     ("Mia", "She"),
@@ -109,17 +109,16 @@ def draw_problem(rng: random.Random, steps: int, max_start: int = 20, max_amount
 
 
 def _draw(rng: random.Random, n: int, steps: Sequence[int], taken: set[tuple[int, ...]]) -> list[WordProblem]:
-    out: list[WordProblem] = []
-    attempts = 0
-    while len(out) < n:
-        attempts += 1
-        if attempts > 200 * n + 10_000:
-            raise ValueError(f"Could not draw {n} distinct word problems with steps={list(steps)}.")
-        p = draw_problem(rng, rng.choice(list(steps)))
-        if p.key not in taken:
-            taken.add(p.key)
-            out.append(p)
-    return out
+    def accept(p: WordProblem) -> bool:
+        if p.key in taken:
+            return False
+        taken.add(p.key)
+        return True
+
+    def draw() -> WordProblem:
+        return draw_problem(rng, rng.choice(list(steps)))
+
+    return draw_until(n, draw, accept, f"distinct word problems with steps={list(steps)}")
 
 
 def to_conversations(problems: Sequence[WordProblem]) -> Dataset:
