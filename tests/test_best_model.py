@@ -123,6 +123,7 @@ def _train_with(tmp_path, tokenizer, splits, callback, metric, **overrides):
     trainer.train()
 
 
+@pytest.mark.slow
 def test_best_model_metric_mistakes_are_refused_at_train_start(tmp_path, tokenizer, splits):
     problems = splits.heldout_problems.select(range(2))
     background = PassAtKCallback(problems, verifier="toy-steps", n=2, background=True, measure_at_start=False)

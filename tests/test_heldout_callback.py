@@ -17,6 +17,7 @@ def _losses(records, name="sftrl/heldout/mixed/loss"):
     return {r["step"]: r["value"] for r in records if r["name"] == name}
 
 
+@pytest.mark.slow
 def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits, wandb_dir):
     cb = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=30, report_to=["wandb"], save_steps=15)

@@ -41,6 +41,7 @@ def _loss_steps(records, name):
     return {r["step"]: r["value"] for r in records if r["name"] == name}
 
 
+@pytest.mark.slow
 def test_two_trainers_alive_at_once_stay_apart_and_slash_names_work(tmp_path, tokenizer, splits):
     loss_a = HeldOutLossCallback({"math/a": splits.heldout_sft}, every_n_steps=5)
     readiness_a = RLReadinessCallback()
@@ -84,6 +85,7 @@ def test_explicit_watch_and_a_watched_callback_missing_from_the_trainer(tmp_path
         RLReadinessCallback(watch=[object()])
 
 
+@pytest.mark.slow
 def test_reused_callbacks_start_clean_in_a_second_run(tmp_path, tokenizer, splits):
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
     readiness = RLReadinessCallback()
@@ -104,6 +106,7 @@ def test_reused_callbacks_start_clean_in_a_second_run(tmp_path, tokenizer, split
     assert readiness.checkpoints == [10] and readiness.rl_start["step"] == 10
 
 
+@pytest.mark.slow
 def test_full_disk_and_unwritable_folder_do_not_silence_the_rest(tmp_path, tokenizer, overfit, wandb_dir, caplog):
     sftrl_dir = tmp_path / "out" / "sftrl"
     sftrl_dir.mkdir(parents=True)

@@ -13,6 +13,7 @@ from . import wandb_offline
 from .conftest import make_trainer
 
 
+@pytest.mark.slow
 def test_callback_in_real_training_json_agrees_with_logged_metrics(tmp_path, tokenizer, splits, wandb_dir):
     cb = PassAtKCallback(
         {"mixed": splits.heldout_problems}, verifier=StepVerifier(), n=8, num_problems=6, max_new_tokens=40

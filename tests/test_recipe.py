@@ -12,6 +12,7 @@ from sftrl_callbacks.io import read_jsonl
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+@pytest.mark.slow
 def test_toy_recipe_runs_the_recipe_script(tmp_path):
     """recipes/toy.yaml, shortened, through examples/sft_with_callbacks.py (the path real recipes take)."""
     with open(os.path.join(ROOT, "recipes", "toy.yaml")) as f:
