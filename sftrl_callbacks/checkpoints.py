@@ -91,7 +91,8 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str | None = None
 
     loader, what = AutoModelForCausalLM, "model"
     adapter = check_checkpoint(path)
-    tokenizer = tokenizer or load_tokenizer(path)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(path)
     if adapter:
         with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
             base = json.load(f).get("base_model_name_or_path")
@@ -131,5 +132,5 @@ def sampling_source(sampler: Any, path: str, dtype: str, device: str | None = No
     checkpoint folders (vLLM loads them without a second copy in memory), else the loaded model. A PEFT adapter
     folder is always loaded on its base model (vLLM would read only the base)."""
     if getattr(sampler, "reads_checkpoint_folders", False) and not check_checkpoint(path):
-        return path, tokenizer or load_tokenizer(path)
+        return path, load_tokenizer(path) if tokenizer is None else tokenizer
     return load_checkpoint(path, dtype, device, tokenizer=tokenizer)
