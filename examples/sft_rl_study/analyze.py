@@ -73,6 +73,7 @@ def load(out: str) -> tuple[list[dict], list[dict], dict[str, list[float]]]:
                     "rl_gain": float(np.mean(post)) - c["pass@1"] if post else None,
                     "post_rl_by_seed": post,
                     "post_rl_se": [seeds[s]["post_rl_se"] for s in sorted(seeds)],
+                    "rl_seconds": [seeds[s]["seconds"] for s in sorted(seeds)],
                     "rl_rewards": [seeds[s]["rewards"] for s in sorted(seeds)],
                 }
             )
@@ -95,7 +96,7 @@ def fmt_ci(value: float, interval: tuple[float, float], digits: int = 3) -> str:
 # -- the pilot: is the RL effect above its noise, and how much does the SFT seed move things? --------
 def noise_table(candidates: list[dict]) -> list[str]:
     done = [c for c in candidates if len(c["post_rl_by_seed"]) >= 2]
-    lines = ["| quantity | median | mean | candidates |", "|---|---|---|---|"]
+    lines = ["| quantity | median | mean | max | candidates |", "|---|---|---|---|---|"]
     if done:
         gain = [c["rl_gain"] for c in done]
         spread = [max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"]) for c in done]
@@ -103,12 +104,13 @@ def noise_table(candidates: list[dict]) -> list[str]:
         above = sum(g > s for g, s in zip(gain, spread))  # a loss, or a gain inside the seed noise, is no RL effect
         lines += [
             f"| RL gain (post-RL minus post-SFT pass@1, mean over RL seeds) | {np.median(gain):+.3f} | "
-            f"{np.mean(gain):+.3f} | {len(done)} |",
+            f"{np.mean(gain):+.3f} | {np.max(gain):+.3f} | {len(done)} |",
             f"| RL seed spread (max - min post-RL pass@1 over RL seeds) | {np.median(spread):.3f} | "
-            f"{np.mean(spread):.3f} | {len(done)} |",
+            f"{np.mean(spread):.3f} | {np.max(spread):.3f} | {len(done)} |",
             f"| standard error of one post-RL pass@1 (sampling only) | {np.median(se):.4f} | {np.mean(se):.4f} | "
+            f"{np.max(se):.4f} | {len(done)} |",
+            f"| candidates RL raised by more than their own RL seed spread | {above} of {len(done)} | | | "
             f"{len(done)} |",
-            f"| candidates RL raised by more than their own RL seed spread | {above} of {len(done)} | | {len(done)} |",
         ]
     pairs = defaultdict(dict)
     for c in candidates:
@@ -127,13 +129,27 @@ def noise_table(candidates: list[dict]) -> list[str]:
     if sft_spread:
         lines.append(
             f"| SFT seed spread of post-SFT pass@1 (same regime and step) | {np.median(sft_spread):.3f} | "
-            f"{np.mean(sft_spread):.3f} | {len(sft_spread)} pairs |"
+            f"{np.mean(sft_spread):.3f} | {np.max(sft_spread):.3f} | {len(sft_spread)} pairs |"
         )
     if rl_sft_spread:
         lines.append(
             f"| SFT seed spread of post-RL pass@1 (same regime and step) | {np.median(rl_sft_spread):.3f} | "
-            f"{np.mean(rl_sft_spread):.3f} | {len(rl_sft_spread)} pairs |"
+            f"{np.mean(rl_sft_spread):.3f} | {np.max(rl_sft_spread):.3f} | {len(rl_sft_spread)} pairs |"
         )
+    return lines
+
+
+def times_table(runs: list[dict], candidates: list[dict]) -> list[str]:
+    """Minutes per job, from the `seconds` each results line records (wall time of that job)."""
+    lines = ["| jobs | count | minutes each (min-max) | job-minutes |", "|---|---|---|---|"]
+    for label, seconds in (
+        ("SFT runs, with their pass@k measurements", [r["seconds"] for r in runs]),
+        ("GRPO runs, with their post-RL evaluation", [s for c in candidates for s in c["rl_seconds"]]),
+    ):
+        if seconds:
+            minutes = np.asarray(seconds) / 60
+            span = f"{minutes.min():.1f}-{minutes.max():.1f}"
+            lines.append(f"| {label} | {len(minutes)} | {span} | {minutes.sum():.0f} |")
     return lines
 
 
@@ -499,16 +515,21 @@ def main() -> None:
         "## Candidates",
         "",
         "| candidate | epochs | pass@1 | pass@" + str(k) + " | held-out loss | "
-        "readiness | post-RL pass@1 by RL seed | RL gain |",
-        "|---|---|---|---|---|---|---|---|",
+        "readiness | post-RL pass@1 by RL seed | RL gain | RL seed spread | gain / spread |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in candidates:
         seeds = ", ".join(f"{v:.3f}" for v in c["post_rl_by_seed"]) or "-"
         gain = f"{c['rl_gain']:+.3f}" if c["rl_gain"] is not None else "-"
+        spread, ratio = "-", "-"
+        if len(c["post_rl_by_seed"]) >= 2:
+            width = max(c["post_rl_by_seed"]) - min(c["post_rl_by_seed"])
+            spread = f"{width:.3f}"
+            ratio = f"{c['rl_gain'] / width:.1f}x" if width > 0 else "-"
         mark = " *" if c["rl_start"] else ""
         lines.append(
             f"| {c['name']}{mark} | {c['epochs']} | {c['pass@1']:.3f} | {c[f'pass@{k}']:.3f} | "
-            f"{c['heldout_loss']:.4f} | {c['readiness_score']:.3f} | {seeds} | {gain} |"
+            f"{c['heldout_loss']:.4f} | {c['readiness_score']:.3f} | {seeds} | {gain} | {spread} | {ratio} |"
         )
     lines += ["", "## Held-out loss turns", "", *turn_table(runs, candidates, k)]
     if sum(c["post_rl_pass@1"] is not None for c in candidates) >= 3:
@@ -516,6 +537,7 @@ def main() -> None:
         lines += ["", "## Fits: target RL gain", "", *fits_table(candidates, signals, target="rl_gain")]
         lines += ["", "## Matched on post-SFT pass@1", "", *matched_table(candidates, signals, rng)]
         lines += ["", "## Per SFT run: which checkpoint to take into RL", "", *decision_table(candidates, k, rng)]
+    lines += ["", "## Job times", "", *times_table(runs, candidates)]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "tables.md"), "w", encoding="utf-8") as f:
         f.write(text)
