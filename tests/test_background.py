@@ -10,35 +10,24 @@ from sftrl_callbacks.io import read_jsonl
 from .conftest import make_trainer
 
 
-def _run(tmp_path, tokenizer, splits, background):
-    passk = PassAtKCallback(
-        {"mixed": splits.heldout_problems},
-        verifier="toy-steps",
-        n=8,
-        num_problems=6,
-        max_new_tokens=30,
-        seed=3,
-        background=background,
-    )
-    readiness = RLReadinessCallback()
-    callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10), passk, readiness]
-    make_trainer(tmp_path, tokenizer, splits.train, callbacks, max_steps=40, save_steps=20).train()
-    return passk, readiness
-
-
 @pytest.mark.slow
 def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbers(tmp_path, tokenizer, splits):
-    inline, _ = _run(tmp_path / "inline", tokenizer, splits, background=False)
-    background, readiness = _run(tmp_path / "background", tokenizer, splits, background=True)
-    assert background.errors == 0 and background.background_jobs.pending == 0
+    """One run measured twice at each save: in the training process and by the background job."""
+    settings = dict(verifier="toy-steps", n=8, num_problems=6, max_new_tokens=30, seed=3)
+    inline = PassAtKCallback({"inline": splits.heldout_problems}, **settings)
+    background = PassAtKCallback({"mixed": splits.heldout_problems}, background=True, **settings)
+    readiness = RLReadinessCallback(passk_set="mixed")
+    callbacks = [HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10), inline, background, readiness]
+    make_trainer(tmp_path, tokenizer, splits.train, callbacks, max_steps=40, save_steps=20).train()
+    assert inline.errors == background.errors == 0 and background.background_jobs.pending == 0
     by_step = {r.step: r for r in background.results["mixed"]}
     assert sorted(by_step) == [0, 20, 40]  # the step-0 baseline is measured in the training process
-    for expected in inline.results["mixed"]:
+    for expected in inline.results["inline"]:
         got = by_step[expected.step]
         # same checkpoint, code, config and seeds
         assert got.c_per_problem == expected.c_per_problem and got.n_per_problem == expected.n_per_problem
         assert got.pass_at_k == pytest.approx(expected.pass_at_k)
-    out = tmp_path / "background" / "out"
+    out = tmp_path / "out"
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     steps = {r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@8"}
     assert steps == {0, 20, 40}

@@ -39,12 +39,24 @@ def _run(tmp_path, tokenizer, data, policy, report_to=(), readiness_last=False, 
     return trainer, loss, readiness
 
 
-@pytest.mark.slow
-def test_flags_turn_stops_and_protects_rl_start(tmp_path, tokenizer, overfit_splits, wandb_dir):
-    trainer, loss, readiness = _run(tmp_path, tokenizer, overfit_splits, "loss", report_to=["wandb"])
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, tokenizer, overfit_splits):
+    """The run stopped by the 'loss' policy, logged to W&B offline (two tests read it)."""
     import wandb
 
-    wandb.finish()
+    tmp_path = tmp_path_factory.mktemp("stopped")
+    wandb.teardown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_DIR", str(tmp_path))
+        trainer, loss, readiness = _run(tmp_path, tokenizer, overfit_splits, "loss", report_to=["wandb"])
+        wandb.finish()
+    wandb.teardown()
+    return tmp_path, trainer, loss, readiness
+
+
+@pytest.mark.slow
+def test_flags_turn_stops_and_protects_rl_start(stopped_run):
+    tmp_path, trainer, loss, readiness = stopped_run
     history = loss.history["sftrl/heldout/heldout/loss"]
     true_min = min(history, key=lambda sv: sv[1])[0]
     turn = next(f for f in readiness.flags if f.kind == "loss_turn")
@@ -108,11 +120,11 @@ def test_construction_and_policy_errors(tmp_path, tokenizer, splits):
 
 
 @pytest.mark.slow
-def test_report_renders_from_a_real_run(tmp_path, tokenizer, overfit_splits):
+def test_report_renders_from_a_real_run(stopped_run):
     import subprocess
     import sys
 
-    _run(tmp_path, tokenizer, overfit_splits, "loss")
+    tmp_path = stopped_run[0]
     proc = subprocess.run(
         [sys.executable, "-m", "sftrl_callbacks.cli", "report", str(tmp_path / "out")], capture_output=True, text=True
     )

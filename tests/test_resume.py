@@ -13,33 +13,38 @@ from sftrl_callbacks.io import read_jsonl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(out, *flags):
+def _start(out, *flags) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
-    return subprocess.run(
-        [sys.executable, "-m", "tests.resume_run", str(out), *flags], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    command = [sys.executable, "-m", "tests.resume_run", str(out), *flags]
+    log = f"{out}-{len(os.listdir(out.parent))}.stderr"  # a file, not a pipe: nobody reads a pipe while it runs
+    with open(log, "w") as stderr:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr), log
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("full") / "out"
-    proc = _run(out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def _finish(started: tuple[subprocess.Popen, str]) -> tuple[int, str]:
+    proc, log = started
+    proc.wait(timeout=600)
+    with open(log) as f:
+        return proc.returncode, f.read()
 
 
 @pytest.mark.slow
 # 110: after the save at 100 with records past it, and after save_total_limit rotated the chosen checkpoint away
 @pytest.mark.parametrize("kill_at", [110])
-def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, uninterrupted, kill_at):
+def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, kill_at):
+    # The uninterrupted run goes on beside the killed one: one thread each, so the two do not compete for cores.
+    uninterrupted = tmp_path / "full"
+    full_run = _start(uninterrupted)
     out = tmp_path / "out"
-    killed = _run(out, "--kill-at", str(kill_at))
-    assert killed.returncode == -signal.SIGKILL
+    code, _ = _finish(_start(out, "--kill-at", str(kill_at)))
+    assert code == -signal.SIGKILL
     before = read_jsonl(out / "sftrl" / "metrics.jsonl")
     assert max(r["step"] for r in before) == kill_at  # records after the last checkpoint exist...
-    resumed = _run(out, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed the monitor state" in resumed.stderr
+    code, stderr = _finish(_start(out, "--resume"))
+    assert code == 0, stderr[-3000:]
+    assert "resumed the monitor state" in stderr
+    code, stderr = _finish(full_run)
+    assert code == 0, stderr[-3000:]
 
     full = read_jsonl(uninterrupted / "sftrl" / "metrics.jsonl")
     got = read_jsonl(out / "sftrl" / "metrics.jsonl")
