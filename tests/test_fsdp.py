@@ -25,19 +25,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out, how: str | None, *flags: str) -> dict:
+def _start(out, how: str | None, *flags: str) -> subprocess.Popen:
     out.mkdir()
     command = [sys.executable, SCRIPT, str(out)]
     if how:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         command += ["--master_port", str(_free_port()), SCRIPT, str(out), how]
-    proc = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=600, env=ENV)
-    (out / "stderr.txt").write_text(proc.stderr)
-    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "terminate called" in line]
-    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-3000:]
+    with open(out / "stderr.txt", "w") as stderr:  # a file, not a pipe: nobody reads a pipe while it runs
+        return subprocess.Popen([*command, *flags], stderr=stderr, env=ENV)
+
+
+def _finish(proc: subprocess.Popen, out, how: str | None) -> dict:
+    proc.wait(timeout=600)
+    stderr = (out / "stderr.txt").read_text()
+    errors = [line for line in stderr.splitlines() if "Error" in line or "terminate called" in line]
+    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2 if how else 1)]
     assert all(rank["measured"] == ranks[0]["measured"] for rank in ranks)  # every rank holds the whole result
     return ranks[0]
+
+
+def _run(out, how: str | None, *flags: str) -> dict:
+    return _finish(_start(out, how, *flags), out, how)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +67,10 @@ def _same_measurement(sharded: dict, one: dict) -> None:
 def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path):
     if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
         pytest.skip("DeepSpeed is not installed (it is in the test extra)")
+    if how == "zero3":
+        # DeepSpeed's training steps differ from torch's AdamW loop, so compare with its own run unmeasured,
+        # which runs beside this one.
+        unmeasured = _start(tmp_path / "unmeasured", how, "--no-measuring")
     run = _run(tmp_path / "run", how)
     assert (alone["world"], alone["sharded"]) == (1, False)
     assert (run["world"], run["sharded"]) == (2, True)
@@ -66,8 +79,7 @@ def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path
     _same_measurement(run["measured"]["40"], run["reference"])
     assert sum(sum(run["measured"]["40"][a]["c"]) for a in ("uniform", "dynamic")) > 0
     if how == "zero3":
-        # DeepSpeed's training steps differ from torch's AdamW loop, so compare with its own run unmeasured.
-        unmeasured = _run(tmp_path / "unmeasured", how, "--no-measuring")
+        unmeasured = _finish(unmeasured, tmp_path / "unmeasured", how)
         assert run["weights"] == unmeasured["weights"]  # measuring left training untouched
     else:
         for step in ("20", "40"):
