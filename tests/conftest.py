@@ -18,23 +18,26 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def splits():
+    """1,280 training rows: the runs on them are short (40 steps of 32 rows at most, or a few epochs), and
+    every trainer tokenizes all of its rows when it is built. The held-out sets do not depend on n_train."""
     from sftrl_callbacks.toy import make_splits
 
-    return make_splits(n_train=4000, n_heldout_sft=48, n_heldout_problems=24, seed=0)
+    return make_splits(n_train=1280, n_heldout_sft=48, n_heldout_problems=24, seed=0)
 
 
 @pytest.fixture(scope="session")
-def trained(tokenizer, splits, tmp_path_factory):
+def trained(tokenizer, tmp_path_factory):
     """A toy model after 150 real SFT steps (shared by tests that need a model that has learnt a little)."""
     from trl import SFTTrainer
 
     from sftrl_callbacks.demo import toy_sft_config
-    from sftrl_callbacks.toy import build_model
+    from sftrl_callbacks.toy import build_model, make_splits
 
     out = tmp_path_factory.mktemp("trained")
     model = build_model(tokenizer, seed=0)
+    train = make_splits(n_train=4000, n_heldout_sft=48, n_heldout_problems=24, seed=0).train  # 1.2 epochs
     args = toy_sft_config(str(out), 150, [], save_strategy="no", learning_rate=3e-3)
-    SFTTrainer(model=model, args=args, train_dataset=splits.train, processing_class=tokenizer).train()
+    SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
     return model
 
 
