@@ -29,7 +29,7 @@ from sftrl_callbacks.demo import toy_sft_config  # noqa: E402
 from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits  # noqa: E402
 
 tokenizer = build_tokenizer()
-splits = make_splits(n_train=2000, n_heldout_sft=24, n_heldout_problems=6, seed=0)
+splits = make_splits(n_train=960, n_heldout_sft=24, n_heldout_problems=6, seed=0)  # 30 steps of 32
 args = toy_sft_config(os.path.join(out, "out"), 30, trackers, save_steps=15, logging_steps=5)
 args.project = "sftrl-trackers"
 callbacks = [
