@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _start(out, *flags) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
     command = [sys.executable, "-m", "tests.resume_run", str(out), *flags]
-    log = f"{out}-{len(os.listdir(out.parent))}.stderr"  # a file, not a pipe: nobody reads a pipe while it runs
+    log = f"{out}{''.join(flags)}.stderr"  # a file, not a pipe: nobody reads a pipe while it runs
     with open(log, "w") as stderr:
         return subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr), log
 
