@@ -16,13 +16,17 @@ def tokenizer():
     return build_tokenizer()
 
 
+# The held-out sets of `splits`, which the `trained` model's own training rows stay out of.
+HELDOUT = dict(n_heldout_sft=48, n_heldout_problems=24, seed=0)
+
+
 @pytest.fixture(scope="session")
 def splits():
     """1,280 training rows: the runs on them are short (40 steps of 32 rows at most, or a few epochs), and
     every trainer tokenizes all of its rows when it is built. The held-out sets do not depend on n_train."""
     from sftrl_callbacks.toy import make_splits
 
-    return make_splits(n_train=1280, n_heldout_sft=48, n_heldout_problems=24, seed=0)
+    return make_splits(n_train=1280, **HELDOUT)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +39,7 @@ def trained(tokenizer, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("trained")
     model = build_model(tokenizer, seed=0)
-    train = make_splits(n_train=4000, n_heldout_sft=48, n_heldout_problems=24, seed=0).train  # 1.2 epochs
+    train = make_splits(n_train=4000, **HELDOUT).train  # 1.2 epochs
     args = toy_sft_config(str(out), 150, [], save_strategy="no", learning_rate=3e-3)
     SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
     return model

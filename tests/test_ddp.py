@@ -4,7 +4,6 @@ DeepSpeed ZeRO-3, equals the single-process measurement."""
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,14 +13,9 @@ from sftrl_callbacks.cli import main as sftrl
 from sftrl_callbacks.io import read_jsonl
 
 from .counting import CountingSampler
+from .processes import free_port
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_run.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -31,7 +25,7 @@ def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
         pytest.skip("DeepSpeed is not installed (it is in the test extra)")
     out = tmp_path / how
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), SCRIPT, str(out)] + (["--zero3"] if how == "zero3" else [])
+    command += ["--master_port", str(free_port()), SCRIPT, str(out)] + (["--zero3"] if how == "zero3" else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -119,7 +113,7 @@ def _one_process_forward_rows(out) -> dict[str, int]:
 
 def test_a_failure_on_one_rank_raises_on_every_rank_without_a_hang(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), os.path.join(os.path.dirname(__file__), "ddp_failure.py")]
+    command += ["--master_port", str(free_port()), os.path.join(os.path.dirname(__file__), "ddp_failure.py")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

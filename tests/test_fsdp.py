@@ -9,20 +9,15 @@ between measurements must also come out the same: measuring may not touch the we
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from .processes import finish, free_port, start
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp_run.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(out, how: str | None, *flags: str) -> subprocess.Popen:
@@ -30,16 +25,14 @@ def _start(out, how: str | None, *flags: str) -> subprocess.Popen:
     command = [sys.executable, SCRIPT, str(out)]
     if how:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        command += ["--master_port", str(_free_port()), SCRIPT, str(out), how]
-    with open(out / "stderr.txt", "w") as stderr:  # a file, not a pipe: nobody reads a pipe while it runs
-        return subprocess.Popen([*command, *flags], stderr=stderr, env=ENV)
+        command += ["--master_port", str(free_port()), SCRIPT, str(out), how]
+    return start([*command, *flags], out / "stderr.txt", env=ENV)
 
 
 def _finish(proc: subprocess.Popen, out, how: str | None) -> dict:
-    proc.wait(timeout=600)
-    stderr = (out / "stderr.txt").read_text()
+    code, stderr = finish(proc, out / "stderr.txt")
     errors = [line for line in stderr.splitlines() if "Error" in line or "terminate called" in line]
-    assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + stderr[-3000:]
+    assert code == 0, "\n".join(errors[:20]) + "\n...\n" + stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2 if how else 1)]
     assert all(rank["measured"] == ranks[0]["measured"] for rank in ranks)  # every rank holds the whole result
     return ranks[0]

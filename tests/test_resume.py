@@ -10,22 +10,15 @@ import pytest
 
 from sftrl_callbacks.io import read_jsonl
 
+from .processes import finish, start
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _start(out, *flags) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": ROOT}
-    command = [sys.executable, "-m", "tests.resume_run", str(out), *flags]
-    log = f"{out}{''.join(flags)}.stderr"  # a file, not a pipe: nobody reads a pipe while it runs
-    with open(log, "w") as stderr:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stderr=stderr), log
-
-
-def _finish(started: tuple[subprocess.Popen, str]) -> tuple[int, str]:
-    proc, log = started
-    proc.wait(timeout=600)
-    with open(log) as f:
-        return proc.returncode, f.read()
+    log = f"{out}{''.join(flags)}.stderr"
+    return start([sys.executable, "-m", "tests.resume_run", str(out), *flags], log, cwd=ROOT, env=env), log
 
 
 @pytest.mark.slow
@@ -36,14 +29,14 @@ def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, kill_at):
     uninterrupted = tmp_path / "full"
     full_run = _start(uninterrupted)
     out = tmp_path / "out"
-    code, _ = _finish(_start(out, "--kill-at", str(kill_at)))
+    code, _ = finish(*_start(out, "--kill-at", str(kill_at)))
     assert code == -signal.SIGKILL
     before = read_jsonl(out / "sftrl" / "metrics.jsonl")
     assert max(r["step"] for r in before) == kill_at  # records after the last checkpoint exist...
-    code, stderr = _finish(_start(out, "--resume"))
+    code, stderr = finish(*_start(out, "--resume"))
     assert code == 0, stderr[-3000:]
     assert "resumed the monitor state" in stderr
-    code, stderr = _finish(full_run)
+    code, stderr = finish(*full_run)
     assert code == 0, stderr[-3000:]
 
     full = read_jsonl(uninterrupted / "sftrl" / "metrics.jsonl")
