@@ -2,18 +2,20 @@
 
 `PassAtKCallback(background=True)` hands each saved checkpoint to a `BackgroundPassAtK`: the checkpoint
 is hard-linked into `<output_dir>/sftrl/background/` (so `save_total_limit` rotation cannot delete it
-under the job), and a child process (`python -m sftrl_callbacks.background JOB.json`) measures it with
-`measure_pass_at_k`, the same code and config as in training, on `background_device`. Jobs run one at a
-time, in order; the callback collects finished ones at every step and at the end of training, and
-publishes them at the checkpoint's own step.
+under the job), and a worker process (`python -m sftrl_callbacks.background worker.json`, started at train
+start) measures it with `measure_pass_at_k`, the same code and config as in training, on
+`background_device`. Jobs run one at a time, in order; the callback collects finished ones at every step and
+at the end of training, and publishes them at the checkpoint's own step.
 
-The job samples with the trainer's own tokenizer, pickled at train start, not the checkpoint's: a tokenizer
+The worker samples with the trainer's own tokenizer, pickled at train start, not the checkpoint's: a tokenizer
 built in code can load back from a checkpoint as another one (`AutoTokenizer` may pick the model type's own
 class, which tokenizes differently), and the numbers would then be silently wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import json
 import logging
@@ -40,8 +42,12 @@ logger = logging.getLogger("sftrl_callbacks")
 
 
 class BackgroundPassAtK:
-    """A queue of checkpoints measured one at a time by a child process (`PassAtKCallback.background_jobs` with
-    background=True; without it the callback measures saved checkpoints itself)."""
+    """A queue of checkpoints measured one at a time by a worker process (`PassAtKCallback.background_jobs` with
+    background=True; without it the callback measures saved checkpoints itself).
+
+    The worker starts with the queue, so its imports overlap training, and it keeps what does not change from one
+    checkpoint to the next: the problems, the verifier, the tokenizer and the sampler (a vLLM engine loads the
+    next checkpoint in place). A job that fails ends the worker, and the next job gets a fresh one."""
 
     def __init__(
         self,
@@ -56,10 +62,13 @@ class BackgroundPassAtK:
         self.problems, self.verifier = dict(problems), verifier
         self.config, self.device = config, device
         self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
-        self._running: tuple[int, str, subprocess.Popen, float] | None = None
-        self._problem_files: dict[str, str] | None = None
+        self._running: tuple[int, str, float, int] | None = None  # (step, copy, start time, log offset)
         prompts = [prompt for ds in self.problems.values() for prompt in config.used_prompts(ds)]
         self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(self.workdir, "tokenizer.pkl"))
+        self._log_path = os.path.join(self.workdir, "worker.log")
+        self._spec_path = self._write_spec()
+        self._worker: subprocess.Popen | None = None
+        self._start_worker()
 
     def submit(self, step: int, checkpoint: str) -> None:
         """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is)."""
@@ -67,6 +76,8 @@ class BackgroundPassAtK:
         if os.path.abspath(checkpoint) != os.path.abspath(copy):
             shutil.rmtree(copy, ignore_errors=True)  # left by an interrupted earlier run
             link_copy(checkpoint, copy)
+        with contextlib.suppress(FileNotFoundError):  # a stopped run's copy is measured again, not taken as done
+            os.remove(layout.background_done_path(copy))
         self._queue.append((step, copy))
         self._start_next()
 
@@ -86,18 +97,21 @@ class BackgroundPassAtK:
         """Finished jobs since the last call: (step, {set: result}) or (step, error text)."""
         if self._running is None:
             return []
-        step, copy, proc, started = self._running
-        if proc.poll() is None:
-            return []
-        self._running = None
+        step, copy, started, log_offset = self._running
         out: dict[str, PassAtKResult] | str
-        if proc.returncode == 0:
-            out = {name: load_result(self._result_path(copy, name)) for name in self.problems}
+        if os.path.exists(layout.background_done_path(copy)):
+            out = {name: load_result(layout.checkpoint_passk_path(copy, name)) for name in self.problems}
+        elif self._worker is not None and self._worker.poll() is None:
+            return []
         else:
-            with open(layout.background_job_files(copy)[1], encoding="utf-8", errors="replace") as f:
+            code = self._worker.returncode if self._worker is not None else None
+            self._worker = None
+            with open(self._log_path, encoding="utf-8", errors="replace") as f:
+                f.seek(log_offset)
                 tail = f.read()[-2000:]
             seconds = time.time() - started
-            out = f"background pass@k of step {step} exited with {proc.returncode} after {seconds:.0f} s:\n{tail}"
+            out = f"background pass@k of step {step} exited with {code} after {seconds:.0f} s:\n{tail}"
+        self._running = None
         shutil.rmtree(copy, ignore_errors=True)
         self._start_next()
         return [(step, out)]
@@ -110,47 +124,65 @@ class BackgroundPassAtK:
             time.sleep(0.2)
         return done
 
-    # -- internals ----------------------------------------------------------------------------------
-    def _start_next(self) -> None:
-        if self._running is not None or not self._queue:
+    def close(self) -> None:
+        """End the worker (it finishes the job it is on first); a later submit starts another."""
+        worker, self._worker = self._worker, None
+        if worker is None:
             return
-        step, copy = self._queue.pop(0)
-        job = {
-            "checkpoint": copy,
-            "step": step,
-            "problems": self._write_problems(),
+        with contextlib.suppress(OSError):
+            worker.stdin.close()  # end of input: the worker exits after its job
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _write_spec(self) -> str:
+        """What every job of this queue shares, for the worker to load once."""
+        os.makedirs(self.workdir, exist_ok=True)
+        problem_files = {}
+        for name, ds in self.problems.items():
+            problem_files[name] = os.path.join(self.workdir, f"problems_{file_safe(name)}.jsonl")
+            ds.to_json(problem_files[name])
+        spec = {
+            "problems": problem_files,
             "tokenizer": self._tokenizer_file,
             "verifier": self.verifier,
-            "verifier_module": VERIFIERS[self.verifier].__module__,  # imported by the job: it registers the name
+            "verifier_module": VERIFIERS[self.verifier].__module__,  # imported by the worker: it registers the name
             "config": {f.name: getattr(self.config, f.name) for f in fields(PassAtKConfig)},  # what to sample
             "device": self.device,
             "output_dir": self.output_dir,  # where save_completions writes
         }
-        job_path, log_path = layout.background_job_files(copy)
-        write_json_atomic(job_path, job)
-        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115
+        path = os.path.join(self.workdir, "worker.json")
+        write_json_atomic(path, spec)
+        return path
+
+    def _start_worker(self) -> None:
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         if self.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sftrl_callbacks.background", job_path], stdout=log, stderr=log, env=env
-        )
-        log.close()  # the child holds its own descriptor
-        self._running = (step, copy, proc, time.time())
+        with open(self._log_path, "a", encoding="utf-8") as log:  # the worker holds its own descriptor
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "sftrl_callbacks.background", self._spec_path],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
+                env=env,
+                text=True,
+            )
 
-    def _write_problems(self) -> dict[str, str]:
-        if self._problem_files is None:
-            os.makedirs(self.workdir, exist_ok=True)
-            self._problem_files = {}
-            for name, ds in self.problems.items():
-                path = os.path.join(self.workdir, f"problems_{file_safe(name)}.jsonl")
-                ds.to_json(path)
-                self._problem_files[name] = path
-        return self._problem_files
-
-    @staticmethod
-    def _result_path(copy: str, name: str) -> str:
-        return layout.checkpoint_passk_path(copy, name)
+    def _start_next(self) -> None:
+        if self._running is not None or not self._queue:
+            return
+        step, copy = self._queue.pop(0)
+        if self._worker is None or self._worker.poll() is not None:
+            self._start_worker()
+        log_offset = os.path.getsize(self._log_path)
+        self._running = (step, copy, time.time(), log_offset)
+        with contextlib.suppress(BrokenPipeError):  # a worker that died is reported by collect, with its log
+            self._worker.stdin.write(json.dumps({"checkpoint": copy, "step": step}) + "\n")
+            self._worker.stdin.flush()
 
 
 def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
@@ -178,32 +210,45 @@ def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
     return path
 
 
-def run_job(job_path: str) -> None:
-    """The child process: measure one checkpoint as the job file says."""
+def serve(spec_path: str) -> None:
+    """The worker process: load what every job shares, then measure each checkpoint named on stdin, one JSON
+    object a line, until end of input. An exception ends the process (the callback reports it with this log)."""
     import torch
     from datasets import disable_progress_bars, load_dataset
 
     from .measure import measure_pass_at_k
 
     disable_progress_bars()
-    with open(job_path, encoding="utf-8") as f:
-        job: dict[str, Any] = json.load(f)
-    if job["device"] == "cpu":
+    with open(spec_path, encoding="utf-8") as f:
+        spec: dict[str, Any] = json.load(f)
+    if spec["device"] == "cpu":
         torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
-    config = PassAtKConfig(**job["config"])
-    importlib.import_module(job["verifier_module"])
-    verifier = make_verifier(job["verifier"], answer_column=config.answer_column)
-    with open(job["tokenizer"], "rb") as f:
+    config = PassAtKConfig(**spec["config"])
+    importlib.import_module(spec["verifier_module"])
+    verifier = make_verifier(spec["verifier"], answer_column=config.answer_column)
+    with open(spec["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
     sampler = make_sampler(config.sampler, {"show_progress": False, **config.sampler_options})
-    model, tokenizer = sampling_source(sampler, job["checkpoint"], "auto", job["device"], tokenizer=trainer_tokenizer)
-    for name, path in job["problems"].items():
-        problems = load_dataset("json", data_files=path, split="train")
-        result = measure_pass_at_k(model, tokenizer, problems, verifier, config, sampler, name, job["step"])
-        if config.save_completions:
-            result.write_completions(layout.completions_path(job["output_dir"], job["step"], name))
-        result.save(BackgroundPassAtK._result_path(job["checkpoint"], name))
+    problems = {name: load_dataset("json", data_files=path, split="train") for name, path in spec["problems"].items()}
+    for line in sys.stdin:
+        job = json.loads(line)
+        started = time.perf_counter()
+        model, tokenizer = sampling_source(
+            sampler, job["checkpoint"], "auto", spec["device"], tokenizer=trainer_tokenizer
+        )
+        for name, rows in problems.items():
+            result = measure_pass_at_k(model, tokenizer, rows, verifier, config, sampler, name, job["step"])
+            if config.save_completions:
+                result.write_completions(layout.completions_path(spec["output_dir"], job["step"], name))
+            result.save(layout.checkpoint_passk_path(job["checkpoint"], name))
+        del model
+        gc.collect()  # the next checkpoint's weights take this one's place
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        seconds = time.perf_counter() - started
+        write_json_atomic(layout.background_done_path(job["checkpoint"]), {"step": job["step"], "seconds": seconds})
+        print(f"step {job['step']}: measured in {seconds:.1f} s by worker {os.getpid()}", flush=True)
 
 
 if __name__ == "__main__":
-    run_job(sys.argv[1])
+    serve(sys.argv[1])

@@ -4,7 +4,7 @@
     <output_dir>/sftrl/passk/step-<step>_<set>.json  one pass@k measurement (counts, intervals, samples)
     <output_dir>/sftrl/rl_start.json                 the RL-start choice; its protected copy in rl_start/
     <output_dir>/sftrl/report.png, report.html       `sftrl report`
-    <output_dir>/sftrl/background/                   background pass@k jobs (checkpoint copies, inputs)
+    <output_dir>/sftrl/background/                   background pass@k: checkpoint copies, inputs, worker.log
     <checkpoint>/sftrl/passk_<set>.json              the pass@k of that checkpoint (a copy of its step's file)
     <checkpoint>/sftrl/monitor_state.json            the callbacks' state, restored on resume
     <checkpoint>/sftrl/eval.json, eval_passk_<set>.json   `sftrl eval` of that checkpoint
@@ -83,7 +83,6 @@ def eval_passk_path(checkpoint: str, dataset: str) -> str:
     return os.path.join(checkpoint, FOLDER, f"eval_passk_{file_safe(dataset)}.json")
 
 
-def background_job_files(checkpoint_copy: str) -> tuple[str, str]:
-    """(job JSON, log) of the background job measuring `checkpoint_copy`."""
-    folder = os.path.join(checkpoint_copy, FOLDER)
-    return os.path.join(folder, "background_job.json"), os.path.join(folder, "background.log")
+def background_done_path(checkpoint_copy: str) -> str:
+    """Written by the background worker once every set of `checkpoint_copy` is measured and saved."""
+    return os.path.join(checkpoint_copy, FOLDER, "background_done.json")

@@ -1,6 +1,8 @@
 """Pass@k of saved checkpoints in a background process: same numbers at the same steps, training does not wait."""
 
 import json
+import os
+import re
 
 import pytest
 
@@ -37,6 +39,12 @@ def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbe
     assert readiness.tracker.series("passk")  # the readiness ranking saw the late results
     # Training waited for sampling inline, not in the background (the end waits for the last job only).
     assert not (out / "sftrl" / "background" / "checkpoint-20").exists()  # the job's copy is cleaned up
+    # One worker measured both checkpoints, and it ended with the training.
+    log = (out / "sftrl" / "background" / "worker.log").read_text()
+    workers = [int(pid) for pid in re.findall(r"step (?:20|40): measured in [\d.]+ s by worker (\d+)", log)]
+    assert len(workers) == 2 and len(set(workers)) == 1, log[-2000:]
+    with pytest.raises(ProcessLookupError):
+        os.kill(workers[0], 0)
 
 
 @pytest.mark.slow

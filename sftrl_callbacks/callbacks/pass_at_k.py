@@ -137,7 +137,12 @@ class PassAtKCallback(ScheduledMonitor):
                 "without stage3_gather_16bit_weights_on_model_save the checkpoints hold only DeepSpeed's shards: set "
                 "it to true in the DeepSpeed config, or measure in the training process (background=False)."
             )
-        if self.config.background and self.background_jobs is None:
+        if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
+            raise ValueError(
+                "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
+                "save_strategy='no': it would never run. Set every_n_steps or on_train_end, or save checkpoints."
+            )
+        if self.config.background and self.background_jobs is None:  # last: it starts the worker process
             self.background_jobs = BackgroundPassAtK(
                 self.hub.output_dir,
                 self.problems,
@@ -145,11 +150,6 @@ class PassAtKCallback(ScheduledMonitor):
                 self.config,
                 tokenizer,
                 self.config.background_device,
-            )
-        if not (self.config.every_n_steps or self.config.on_train_end) and args.save_strategy == "no":
-            raise ValueError(
-                "PassAtKCallback measures only on saves (on_save=True, every_n_steps=None, on_train_end=False), but "
-                "save_strategy='no': it would never run. Set every_n_steps or on_train_end, or save checkpoints."
             )
         if self._unfinished:
             self._safely("background pass@k resubmission", self._resubmit_unfinished)
@@ -231,6 +231,8 @@ class PassAtKCallback(ScheduledMonitor):
             logger.warning("sftrl: waiting for %d background pass@k job(s)", len(self.background_jobs.pending_steps))
             self._safely("background pass@k", self._collect, self.background_jobs.wait)
             self.hub.merge_into_log(state, None)
+        if self.background_jobs is not None:
+            self._safely("background pass@k worker shutdown", self.background_jobs.close)
 
     def _collect(self, finished: Callable[[], list]) -> None:
         """Publish the jobs `finished()` returns, each at its checkpoint's step."""
