@@ -7,7 +7,9 @@ One engine lives in the process that measures, made at the first measurement and
 - the model being trained: before each measurement its parameters are pushed into the engine in memory
   (vLLM's own `reload_weights`), with no checkpoint written; under PEFT each adapted weight goes in with its
   LoRA delta added, under ZeRO-3 / FSDP each parameter is gathered whole for it (as TRL's colocate mode does);
-- a checkpoint folder (`sftrl eval`, background jobs): the engine loads it, and reloads the next one in place.
+- a checkpoint folder (`sftrl eval`, background jobs): the engine loads it, and reloads the next one in place
+  from the folder's tensors, with each tied weight also given under its own name (a checkpoint saves a tied
+  output layer once, as the input embedding, and vLLM's in-place reload would leave the output layer stale).
 
 The engine never sees a tokenizer: prompts go in as the token ids the trainer's tokenizer and chat template make
 (`sampling.encode_prompts`), and the trainer's tokenizer decodes what comes back, so a tokenizer that does not
@@ -96,7 +98,7 @@ class VLLMSampler:
             if self.llm is None:
                 self._start(folder, load_format="auto", dtype=self.dtype or _saved_dtype(folder))
             else:
-                self._load(weights_path=folder)
+                self._load(weights_iterator=folder_weights(folder))
         else:
             if self.llm is None:
                 self._config_dir = tempfile.TemporaryDirectory(prefix="sftrl-vllm-")
@@ -268,6 +270,38 @@ def _named_weights(model: Any) -> Iterator[tuple[str, Any]]:
                             raise ValueError("DoRA adapters cannot be pushed to vLLM: use sampler='hf'.")
                         tensor = tensor + layer.get_delta_weight(adapter)
             yield name, tensor.detach()
+
+
+def folder_weights(folder: str) -> Iterator[tuple[str, Any]]:
+    """A checkpoint folder's safetensors, one tensor at a time, each tied weight also under the names it is tied to
+    (found on the model built from the folder's config on the meta device)."""
+    import glob
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors file to load the weights from")
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    tied: dict[int, list[str]] = {}
+    for name, param in meta.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(param), []).append(name)
+    aliases = {name: names for names in tied.values() for name in names if len(names) > 1}
+    saved = set()
+    for file in files:
+        with safe_open(file, "pt") as f:
+            saved.update(f.keys())
+    for file in files:
+        with safe_open(file, "pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                yield name, tensor
+                for alias in aliases.get(name, ()):
+                    if alias not in saved:
+                        yield alias, tensor
 
 
 @contextlib.contextmanager

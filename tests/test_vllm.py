@@ -150,14 +150,17 @@ def test_sft_run_with_vllm_in_process_in_the_background_and_in_sftrl_eval(tmp_pa
 
     problems = tmp_path / "problems.jsonl"
     splits.heldout_problems.to_json(problems)
-    command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval", str(out / "checkpoint-40"), "--problems"]
+    # Two checkpoints: the engine loads the first folder and reloads the second in place (a tied output layer too).
+    command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval"]
+    command += [str(out / "checkpoint-20"), str(out / "checkpoint-40"), "--problems"]
     command += [f"heldout={problems}", "--verifier", "answer", "--n", "8", "--num-problems", "12"]
     command += ["--max-new-tokens", "48", "--seed", "1", "--sampler", "vllm", "--sampler-options"]
     command += [f"{key}={json.dumps(value)}" for key, value in ENGINE.items()]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_heldout.json"))
-    assert offline.c_per_problem == inline_c[40] and offline.sampler.startswith("VLLMSampler")
+    for step in (20, 40):
+        offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_heldout.json"))
+        assert offline.c_per_problem == inline_c[step] and offline.sampler.startswith("VLLMSampler")
 
 
 def _hf_metric_names(model, tokenizer, splits) -> set[str]:
