@@ -321,3 +321,28 @@ def test_per_sample_uniform_streams_are_uniform_and_independent():
         r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
         assert abs(r) < 5 / a.numel() ** 0.5
     assert torch.equal(Uniforms([3], [300], torch.device("cpu")).at(7, torch.arange(300)), u[300:, 7].float())
+
+
+def test_folder_weights_give_a_tied_output_layer_its_own_name(tokenizer, tmp_path):
+    """What VLLMSampler reloads a checkpoint folder from (no vLLM needed): every saved tensor, and the tied output
+    layer, which the folder holds only as the input embedding, under its own name too."""
+    from safetensors.torch import load_file
+
+    from sftrl_callbacks.toy import build_model
+    from sftrl_callbacks.vllm_sampler import folder_weights
+
+    model = build_model(tokenizer, seed=0)
+    assert model.config.tie_word_embeddings
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert "lm_head.weight" not in saved
+    given = dict(folder_weights(str(tmp_path)))
+    assert set(given) == set(saved) | {"lm_head.weight"}
+    assert torch.equal(given["lm_head.weight"], saved["model.embed_tokens.weight"])
+    model.config.tie_word_embeddings = False  # untied: the output layer is saved and given once, as itself
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone() + 1)
+    model.save_pretrained(tmp_path / "untied")
+    untied = dict(folder_weights(str(tmp_path / "untied")))
+    assert torch.equal(untied["lm_head.weight"], model.lm_head.weight.detach())
+    with pytest.raises(ValueError, match="no \\*.safetensors file"):
+        list(folder_weights(str(tmp_path / "nowhere")))

@@ -351,22 +351,18 @@ def append(path: str, row: dict) -> None:
         f.write(("\n" if torn else "") + json.dumps(row) + "\n")
 
 
-def run_jobs(jobs: list[tuple], ns, path: str, describe) -> None:
-    """Run (function, *args) jobs in worker processes; each result is appended as soon as it arrives."""
-    if not jobs:
-        return
+def run_jobs(pool: ProcessPoolExecutor, jobs: list[tuple], path: str, describe) -> None:
+    """Run (function, *args) jobs in the pool's worker processes; each result is appended as soon as it arrives."""
     start = time.time()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(ns.workers, mp_context=context, initializer=_init_worker, initargs=(ns.threads,)) as pool:
-        futures = {pool.submit(fn, *args): args for fn, *args in jobs}
-        for done, future in enumerate(as_completed(futures), 1):
-            try:
-                row = future.result()
-            except Exception as err:  # one failed job must not lose the others; a rerun retries it
-                print(f"[{time.time() - start:6.0f}s] FAILED {futures[future][:2]}: {err!r}", flush=True)
-                continue
-            append(path, row)
-            print(f"[{time.time() - start:6.0f}s] {done}/{len(jobs)} {describe(row)}", flush=True)
+    futures = {pool.submit(fn, *args): args for fn, *args in jobs}
+    for done, future in enumerate(as_completed(futures), 1):
+        try:
+            row = future.result()
+        except Exception as err:  # one failed job must not lose the others; a rerun retries it
+            print(f"[{time.time() - start:6.0f}s] FAILED {futures[future][:2]}: {err!r}", flush=True)
+            continue
+        append(path, row)
+        print(f"[{time.time() - start:6.0f}s] {done}/{len(jobs)} {describe(row)}", flush=True)
 
 
 def describe_sft(row: dict) -> str:
@@ -409,6 +405,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (jobs share the device)")
     ns = parser.parse_args()
+    # One pool for the SFT and the RL jobs: its workers import torch and TRL once (spawned on first use).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(ns.workers, mp_context=context, initializer=_init_worker, initargs=(ns.threads,)) as pool:
+        run_grid(pool, parser, ns)
+
+
+def run_grid(pool: ProcessPoolExecutor, parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     settings = Settings.quick() if ns.quick else Settings()
     if ns.rl_steps is not None:
         settings = Settings(**{**asdict(settings), "rl_steps": ns.rl_steps})
@@ -433,7 +436,7 @@ def main() -> None:
         if (regime, seed) not in done
     ]
     print(f"{len(jobs)} SFT runs to do ({len(done)} done)", flush=True)
-    run_jobs(jobs, ns, sft_path, describe_sft)
+    run_jobs(pool, jobs, sft_path, describe_sft)
 
     runs = [r for r in read_rows(sft_path, settings) if r["regime"] in regimes and r["sft_seed"] in ns.sft_seeds]
     runs.sort(key=lambda r: (r["sft_seed"], list(ALL_REGIMES).index(r["regime"])))
@@ -458,7 +461,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"checkpoints missing for {missing}: delete their SFT rows from {sft_path} to redo them")
     print(f"{len(jobs)} RL runs to do ({len(done)} done)", flush=True)
-    run_jobs(jobs, ns, rl_path, describe_rl)
+    run_jobs(pool, jobs, rl_path, describe_rl)
 
 
 if __name__ == "__main__":
