@@ -61,7 +61,7 @@ class BackgroundPassAtK:
         self.output_dir, self.workdir = output_dir, layout.background_dir(output_dir)
         self.problems, self.verifier = dict(problems), verifier
         self.config, self.device = config, device
-        self._queue: list[tuple[int, str]] = []  # (step, linked checkpoint copy)
+        self._queue: list[tuple[int, str, bool]] = []  # (step, linked checkpoint copy, training over)
         self._running: tuple[int, str, float, int] | None = None  # (step, copy, start time, log offset)
         prompts = [prompt for ds in self.problems.values() for prompt in config.used_prompts(ds)]
         self._tokenizer_file = hand_over_tokenizer(tokenizer, prompts, os.path.join(self.workdir, "tokenizer.pkl"))
@@ -70,15 +70,16 @@ class BackgroundPassAtK:
         self._worker: subprocess.Popen | None = None
         self._start_worker()
 
-    def submit(self, step: int, checkpoint: str) -> None:
-        """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is)."""
+    def submit(self, step: int, checkpoint: str, training_over: bool = False) -> None:
+        """Queue `checkpoint`; it may be the copy a stopped run left here (then it is measured as it is). On the CPU a
+        job runs on one thread beside training, or on all of them when `training_over`."""
         copy = self.copy_path(step)
         if os.path.abspath(checkpoint) != os.path.abspath(copy):
             shutil.rmtree(copy, ignore_errors=True)  # left by an interrupted earlier run
             link_copy(checkpoint, copy)
         with contextlib.suppress(FileNotFoundError):  # a stopped run's copy is measured again, not taken as done
             os.remove(layout.background_done_path(copy))
-        self._queue.append((step, copy))
+        self._queue.append((step, copy, training_over))
         self._start_next()
 
     def copy_path(self, step: int) -> str:
@@ -91,7 +92,7 @@ class BackgroundPassAtK:
     @property
     def pending_steps(self) -> list[int]:
         """Steps submitted and not yet collected, in order."""
-        return ([self._running[0]] if self._running else []) + [step for step, _ in self._queue]
+        return ([self._running[0]] if self._running else []) + [step for step, *_ in self._queue]
 
     def collect(self) -> list[tuple[int, dict[str, PassAtKResult] | str]]:
         """Finished jobs since the last call: (step, {set: result}) or (step, error text)."""
@@ -175,13 +176,14 @@ class BackgroundPassAtK:
     def _start_next(self) -> None:
         if self._running is not None or not self._queue:
             return
-        step, copy = self._queue.pop(0)
+        step, copy, training_over = self._queue.pop(0)
         if self._worker is None or self._worker.poll() is not None:
             self._start_worker()
         log_offset = os.path.getsize(self._log_path)
         self._running = (step, copy, time.time(), log_offset)
         with contextlib.suppress(BrokenPipeError):  # a worker that died is reported by collect, with its log
-            self._worker.stdin.write(json.dumps({"checkpoint": copy, "step": step}) + "\n")
+            job = {"checkpoint": copy, "step": step, "training_over": training_over}
+            self._worker.stdin.write(json.dumps(job) + "\n")
             self._worker.stdin.flush()
 
 
@@ -221,8 +223,7 @@ def serve(spec_path: str) -> None:
     disable_progress_bars()
     with open(spec_path, encoding="utf-8") as f:
         spec: dict[str, Any] = json.load(f)
-    if spec["device"] == "cpu":
-        torch.set_num_threads(1)  # beside a training run: never oversubscribe its cores
+    all_threads = torch.get_num_threads()
     config = PassAtKConfig(**spec["config"])
     importlib.import_module(spec["verifier_module"])
     verifier = make_verifier(spec["verifier"], answer_column=config.answer_column)
@@ -232,6 +233,8 @@ def serve(spec_path: str) -> None:
     problems = {name: load_dataset("json", data_files=path, split="train") for name, path in spec["problems"].items()}
     for line in sys.stdin:
         job = json.loads(line)
+        if spec["device"] == "cpu":  # beside a training run, never oversubscribe its cores; after it, use them
+            torch.set_num_threads(all_threads if job["training_over"] else 1)
         started = time.perf_counter()
         model, tokenizer = sampling_source(
             sampler, job["checkpoint"], "auto", spec["device"], tokenizer=trainer_tokenizer
@@ -247,7 +250,11 @@ def serve(spec_path: str) -> None:
             torch.cuda.empty_cache()
         seconds = time.perf_counter() - started
         write_json_atomic(layout.background_done_path(job["checkpoint"]), {"step": job["step"], "seconds": seconds})
-        print(f"step {job['step']}: measured in {seconds:.1f} s by worker {os.getpid()}", flush=True)
+        threads = torch.get_num_threads()
+        print(
+            f"step {job['step']}: measured in {seconds:.1f} s on {threads} thread(s) by worker {os.getpid()}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

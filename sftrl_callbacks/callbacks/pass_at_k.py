@@ -44,7 +44,11 @@ class PassAtKCallbackConfig(ScheduleConfig, PassAtKConfig):
         },
     )
     background_device: str = field(
-        default="cpu", metadata={"help": "Device of the background process: 'cpu' (one thread), 'cuda:1', ..."}
+        default="cpu",
+        metadata={
+            "help": "Device of the background process: 'cpu' (one thread while training runs; all of them for the "
+            "last save, measured after training), 'cuda:1', ..."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -220,7 +224,11 @@ class PassAtKCallback(ScheduledMonitor):
         if self.background_jobs is not None and self.config.on_save and state.global_step != self._last_step:
             self._last_step = state.global_step  # measured by the background job: not again at the end
             checkpoint = self.hub.checkpoint_dir(state.global_step)
-            self._safely("background pass@k submission", self.background_jobs.submit, state.global_step, checkpoint)
+            submit = self.background_jobs.submit
+            # the run's last save: training is over by the time it runs, so it may use every CPU thread
+            self._safely(
+                "background pass@k submission", submit, state.global_step, checkpoint, control.should_training_stop
+            )
         elif self.hub.is_main:
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
         super().on_save(args, state, control, **kwargs)
