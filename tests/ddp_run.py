@@ -19,6 +19,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 from counting import CountingSampler  # noqa: E402  (a script's own folder is on its path)
+from processes import skip_deepspeed_shm_build  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback  # noqa: E402
@@ -57,6 +58,7 @@ def main(out: str, zero3: bool = False) -> None:
     readiness = RLReadinessCallback(watch=[loss, passk])
     deepspeed = None
     if zero3:  # checkpoints gather the weights into model.safetensors, so that `sftrl eval` can read them
+        skip_deepspeed_shm_build()
         deepspeed = {
             "train_micro_batch_size_per_gpu": "auto",
             "gradient_accumulation_steps": "auto",

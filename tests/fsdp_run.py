@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from processes import skip_deepspeed_shm_build  # (a script's own folder is on its path)
 
 torch.set_num_threads(1)
 STEPS = 40
@@ -112,6 +113,7 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
     if how == "zero3":
         import deepspeed
 
+        skip_deepspeed_shm_build()
         deepspeed.init_distributed(dist_backend="gloo")
     elif how:
         torch.distributed.init_process_group("gloo")

@@ -1,4 +1,5 @@
-"""Child processes of the tests: a free port for torchrun, and runs started side by side."""
+"""Child processes of the tests: a free port for torchrun, runs started side by side, and DeepSpeed set up
+without the CPU kernel it would compile."""
 
 import socket
 import subprocess
@@ -21,3 +22,14 @@ def finish(proc: subprocess.Popen, log, timeout: float = 600) -> tuple[int, str]
     proc.wait(timeout=timeout)
     with open(log) as f:
         return proc.returncode, f.read()
+
+
+def skip_deepspeed_shm_build() -> None:
+    """DeepSpeed compiles a shared-memory all-reduce kernel for CPU ranks when it sets up its process group
+    (about 40 s on 2 cores, once per machine). Only its tensor-parallel inference all-reduce uses that kernel;
+    ZeRO-3's collectives, and the library's, go through the gloo process group either way."""
+    import importlib
+
+    backend = importlib.import_module("deepspeed.comm.torch")  # `deepspeed.comm.torch` is the torch module
+    assert hasattr(backend, "build_shm_op"), "DeepSpeed moved build_shm_op: update this patch"
+    backend.build_shm_op = lambda: None
