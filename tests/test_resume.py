@@ -38,6 +38,9 @@ def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, kill_at):
     assert "resumed the monitor state" in stderr
     code, stderr = finish(*full_run)
     assert code == 0, stderr[-3000:]
+    # The readiness callback, last in the list and left at early_stopping="off", found both monitors, flagged
+    # the turn of the held-out loss (below) and let the run go to its end.
+    assert "sftrl RLReadinessCallback: watching held-out loss (math/val) and pass@k (math/val)" in stderr
 
     full = read_jsonl(uninterrupted / "sftrl" / "metrics.jsonl")
     got = read_jsonl(out / "sftrl" / "metrics.jsonl")
@@ -54,5 +57,6 @@ def test_kill_and_resume_equals_the_uninterrupted_run(tmp_path, kill_at):
     assert os.path.isabs(start["path"]) and os.path.isfile(os.path.join(start["path"], "model.safetensors"))
     if kill_at == 110:  # the chosen checkpoint was rotated away before the kill: only its protected copy is left
         assert not os.path.isdir(start["checkpoint"]) and start["path"].startswith(str(out / "sftrl" / "rl_start"))
+    assert max(r["step"] for r in full) == 120
     flags = {r["name"] for r in got if "/flag/" in r["name"]}
     assert flags == {"sftrl/readiness/flag/loss_turn", "sftrl/readiness/flag/gap_widening"}
