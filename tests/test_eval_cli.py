@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback
+from sftrl_callbacks.cli import main as sftrl
 from sftrl_callbacks.measure import load_result
 from sftrl_callbacks.toy import StepVerifier
 
@@ -12,7 +13,7 @@ from .conftest import make_trainer
 
 
 @pytest.mark.slow
-def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, splits):
+def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, splits, capsys):
     problems = splits.heldout_problems.select(range(6))
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=0)
     passk = PassAtKCallback({"mixed": problems}, verifier=StepVerifier(), n=8, max_new_tokens=40, seed=3)
@@ -35,34 +36,15 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
     splits.heldout_sft.to_json(tmp_path / "heldout.jsonl")
     problems.to_json(tmp_path / "problems.jsonl")
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sftrl_callbacks.cli",
-            "eval",
-            str(out / "checkpoint-20"),
-            str(out / "checkpoint-40"),
-            "--heldout",
-            f"mixed={tmp_path / 'heldout.jsonl'}",
-            "--problems",
-            f"mixed={tmp_path / 'problems.jsonl'}",
-            "--verifier",
-            "toy-steps",
-            "--n",
-            "8",
-            "--max-new-tokens",
-            "40",
-            "--seed",
-            "3",
-            "--max-length",
-            "128",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = {r["step"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    # In this process, through the CLI's own entry point (test_eval_rejects_bad_arguments runs it as a process):
+    # a second process would spend seconds importing what this one has.
+    args = [str(out / "checkpoint-20"), str(out / "checkpoint-40"), "--heldout", f"mixed={tmp_path / 'heldout.jsonl'}"]
+    args += ["--problems", f"mixed={tmp_path / 'problems.jsonl'}", "--verifier", "toy-steps", "--n", "8"]
+    args += ["--max-new-tokens", "40", "--seed", "3", "--max-length", "128"]
+    capsys.readouterr()
+    assert sftrl(["eval", *args]) == 0
+    printed = capsys.readouterr().out
+    results = {r["step"]: r for r in map(json.loads, printed.strip().splitlines())}
     logged_loss = dict(loss.history["sftrl/heldout/mixed/loss"])
     for step in (20, 40):
         assert results[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(logged_loss[step], abs=1e-4)
@@ -75,8 +57,7 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
     args = [str(out / "checkpoint-40"), "--problems", f"tuned={tmp_path / 'problems.jsonl'}", "--verifier", "toy-steps"]
     for flag, value in zip(flags, tuned_settings.values()):
         args += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-    proc = subprocess.run([sys.executable, "-m", "sftrl_callbacks.cli", "eval", *args], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sftrl(["eval", *args]) == 0
     during = load_result(str(out / "checkpoint-40" / "sftrl" / "passk_tuned.json"))
     offline = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_tuned.json"))
     assert offline.c_per_problem == during.c_per_problem and offline.n_per_problem == during.n_per_problem == [6] * 6
