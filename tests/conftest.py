@@ -31,18 +31,48 @@ def splits():
 
 @pytest.fixture(scope="session")
 def trained(tokenizer, tmp_path_factory):
-    """A toy model after 150 real SFT steps (shared by tests that need a model that has learnt a little)."""
+    """A toy model after 150 real SFT steps (shared by tests that need a model that has learnt a little).
+
+    Its weights are kept in the sftrl cache under a hash of the code that trains them, so that later sessions,
+    and the vLLM tests' environment after the main suite, load them instead of training again."""
+    from safetensors.torch import load_file, save
     from trl import SFTTrainer
 
     from sftrl_callbacks.demo import toy_sft_config
+    from sftrl_callbacks.io import atomic_file
     from sftrl_callbacks.toy import build_model, make_splits
 
-    out = tmp_path_factory.mktemp("trained")
     model = build_model(tokenizer, seed=0)
+    cache = _trained_cache_path()
+    if cache.exists():
+        missing, unexpected = model.load_state_dict(load_file(cache), strict=False)
+        assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding, which is loaded
+        return model
+    out = tmp_path_factory.mktemp("trained")
     train = make_splits(n_train=4000, **HELDOUT).train  # 1.2 epochs
     args = toy_sft_config(str(out), 150, [], save_strategy="no", learning_rate=3e-3)
     SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer).train()
+    with atomic_file(cache, "wb") as f:  # safetensors keeps a tensor once: the tied output layer is left out
+        f.write(save({name: w for name, w in model.state_dict().items() if name != "lm_head.weight"}))
     return model
+
+
+def _trained_cache_path():
+    """The key: this file, the toy world and the SFT settings it trains with, and torch's version. Not the
+    versions of transformers and TRL, which differ in the vLLM environment: the tests use `trained` as some model
+    that has learnt a little, and compare each path with another on the same weights."""
+    import hashlib
+    from pathlib import Path
+
+    import sftrl_callbacks.demo
+    import sftrl_callbacks.toy
+    from sftrl_callbacks.pretrained import default_cache_dir
+
+    toy = Path(sftrl_callbacks.toy.__file__).parent
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in [Path(__file__), Path(sftrl_callbacks.demo.__file__), *sorted(toy.glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return default_cache_dir() / "tests" / f"trained-{digest.hexdigest()[:16]}.safetensors"
 
 
 def make_trainer(
