@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2  # fully_shard on every layer and the root
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp1  # FullyShardedDataParallel, layers wrapped
+    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2,fsdp1  # both, into OUTPUT_DIR/fsdp2 and /fsdp1
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR zero3  # DeepSpeed ZeRO-3 (CPU accelerator)
     python tests/fsdp_run.py OUTPUT_DIR                             # the same run, one process, no sharding
     ... --no-measuring                                              # the same training without measurements
@@ -110,13 +111,6 @@ def full_weights(model: torch.nn.Module, how: str | None) -> dict[str, torch.Ten
 
 
 def main(out: str, how: str | None, measuring: bool = True) -> None:
-    if how == "zero3":
-        import deepspeed
-
-        skip_deepspeed_shm_build()
-        deepspeed.init_distributed(dist_backend="gloo")
-    elif how:
-        torch.distributed.init_process_group("gloo")
     tokenizer = build_tokenizer()
     splits = make_splits(n_train=16 * STEPS, n_heldout_sft=7, n_heldout_problems=5, seed=0)
     model, train_step, optimizer = shard_model(build_model(tokenizer, seed=0), how)
@@ -214,18 +208,31 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
         "embedding_shape": {"gathered": whole, "after": embedding_shape()},
         "zero3_whole": zero3,
     }
+    os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{shard.rank}.json"), "w", encoding="utf-8") as f:
         json.dump(view, f)
     if how:
         torch.distributed.barrier()
-    if how == "zero3":
-        # DeepSpeed's engine outlives the process group: in one CI run a rank aborted in teardown ("terminate
-        # called without an active exception") after both ranks had written their results. Skip teardown.
-        os._exit(0)
-    if how:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
+    # Several ways of sharding, comma-separated, run one after the other in one launch (each launch spends
+    # seconds importing), each into OUTPUT_DIR/<way>; ZeRO-3 runs alone.
     modes = [arg for arg in sys.argv[2:] if not arg.startswith("--")]
-    main(sys.argv[1], modes[0] if modes else None, measuring="--no-measuring" not in sys.argv)
+    hows = modes[0].split(",") if modes else [None]
+    if hows == ["zero3"]:
+        import deepspeed
+
+        skip_deepspeed_shm_build()
+        deepspeed.init_distributed(dist_backend="gloo")
+    elif hows != [None]:
+        torch.distributed.init_process_group("gloo")
+    for how in hows:
+        out = sys.argv[1] if len(hows) == 1 else os.path.join(sys.argv[1], how)
+        main(out, how, measuring="--no-measuring" not in sys.argv)
+    if hows == ["zero3"]:
+        # DeepSpeed's engine outlives the process group: in one CI run a rank aborted in teardown ("terminate
+        # called without an active exception") after both ranks had written their results. Skip teardown.
+        os._exit(0)
+    if hows != [None]:
+        torch.distributed.destroy_process_group()

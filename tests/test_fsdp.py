@@ -33,19 +33,31 @@ def _finish(proc: subprocess.Popen, out, how: str | None) -> dict:
     code, stderr = finish(proc, out / "stderr.txt")
     errors = [line for line in stderr.splitlines() if "Error" in line or "terminate called" in line]
     assert code == 0, "\n".join(errors[:20]) + "\n...\n" + stderr[-3000:]
+    return {way: _rank0(out / way if "," in (how or "") else out, how) for way in (how or "").split(",")}
+
+
+def _rank0(out, how: str | None) -> dict:
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2 if how else 1)]
     assert all(rank["measured"] == ranks[0]["measured"] for rank in ranks)  # every rank holds the whole result
     return ranks[0]
 
 
 def _run(out, how: str | None, *flags: str) -> dict:
-    return _finish(_start(out, how, *flags), out, how)
+    (result,) = _finish(_start(out, how, *flags), out, how).values()
+    return result
 
 
 @pytest.fixture(scope="module")
 def alone(tmp_path_factory) -> dict:
     """The run in one process, unsharded."""
     return _run(tmp_path_factory.mktemp("alone") / "run", None)
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory) -> dict:
+    """The FSDP2 and FSDP1 runs, one after the other in one launch of 2 ranks."""
+    out = tmp_path_factory.mktemp("fsdp") / "run"
+    return _finish(_start(out, "fsdp2,fsdp1"), out, "fsdp2,fsdp1")
 
 
 def _same_measurement(sharded: dict, one: dict) -> None:
@@ -57,14 +69,16 @@ def _same_measurement(sharded: dict, one: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["fsdp2", "fsdp1", "zero3"])
-def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path):
+def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path, request):
     if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
         pytest.skip("DeepSpeed is not installed (it is in the test extra)")
     if how == "zero3":
         # DeepSpeed's training steps differ from torch's AdamW loop, so compare with its own run unmeasured,
         # which runs beside this one.
         unmeasured = _start(tmp_path / "unmeasured", how, "--no-measuring")
-    run = _run(tmp_path / "run", how)
+        run = _run(tmp_path / "run", how)
+    else:
+        run = request.getfixturevalue("fsdp_runs")[how]
     assert (alone["world"], alone["sharded"]) == (1, False)
     assert (run["world"], run["sharded"]) == (2, True)
     assert sorted(run["measured"]) == ["20", "40"]
@@ -72,7 +86,7 @@ def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path
     _same_measurement(run["measured"]["40"], run["reference"])
     assert sum(sum(run["measured"]["40"][a]["c"]) for a in ("uniform", "dynamic")) > 0
     if how == "zero3":
-        unmeasured = _finish(unmeasured, tmp_path / "unmeasured", how)
+        (unmeasured,) = _finish(unmeasured, tmp_path / "unmeasured", how).values()
         assert run["weights"] == unmeasured["weights"]  # measuring left training untouched
     else:
         for step in ("20", "40"):
