@@ -6,8 +6,6 @@ missing vLLM into a failure, so that CI cannot pass by skipping them."""
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -17,6 +15,7 @@ if os.environ.get("SFTRL_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm", reason="vLLM is not installed (.ci/run tests it in an environment of its own)")
 
 from sftrl_callbacks import PassAtKCallback, VLLMSampler  # noqa: E402
+from sftrl_callbacks.cli import main as sftrl  # noqa: E402
 from sftrl_callbacks.io import read_jsonl  # noqa: E402
 from sftrl_callbacks.measure import PassAtKConfig, load_result, measure_pass_at_k  # noqa: E402
 from sftrl_callbacks.sampling import HFSampler, SamplingParams  # noqa: E402
@@ -24,7 +23,6 @@ from sftrl_callbacks.verifiers import AnswerVerifier  # noqa: E402
 from tests import tracker_readback  # noqa: E402
 from tests.conftest import make_trainer  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.vllm
 # The toy model's context; no graph capture on CPU; a KV cache of 512 MiB each, so that the three engines of one
 # test fit beside each other (on CPU, gpu_memory_utilization budgets the whole process's host memory).
@@ -151,13 +149,11 @@ def test_sft_run_with_vllm_in_process_in_the_background_and_in_sftrl_eval(tmp_pa
     problems = tmp_path / "problems.jsonl"
     splits.heldout_problems.to_json(problems)
     # Two checkpoints: the engine loads the first folder and reloads the second in place (a tied output layer too).
-    command = [sys.executable, "-m", "sftrl_callbacks.cli", "eval"]
-    command += [str(out / "checkpoint-20"), str(out / "checkpoint-40"), "--problems"]
-    command += [f"heldout={problems}", "--verifier", "answer", "--n", "8", "--num-problems", "12"]
-    command += ["--max-new-tokens", "48", "--seed", "1", "--sampler", "vllm", "--sampler-options"]
-    command += [f"{key}={json.dumps(value)}" for key, value in ENGINE.items()]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ROOT})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The CLI in this process (the background job was the second process): a child would import vLLM again.
+    args = ["eval", str(out / "checkpoint-20"), str(out / "checkpoint-40"), "--problems", f"heldout={problems}"]
+    args += ["--verifier", "answer", "--n", "8", "--num-problems", "12", "--max-new-tokens", "48", "--seed", "1"]
+    args += ["--sampler", "vllm", "--sampler-options", *(f"{key}={json.dumps(value)}" for key, value in ENGINE.items())]
+    assert sftrl(args) == 0
     for step in (20, 40):
         offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_heldout.json"))
         assert offline.c_per_problem == inline_c[step] and offline.sampler.startswith("VLLMSampler")
