@@ -50,7 +50,7 @@ def model(smollm2):
 
 @pytest.fixture(scope="module")
 def data():
-    return make_word_problem_splits(n_train=64, n_heldout_sft=8, n_heldout_problems=3, seed=0)
+    return make_word_problem_splits(n_train=64, n_heldout_sft=4, n_heldout_problems=3, seed=0)
 
 
 def sft_config(output_dir, **overrides):
@@ -243,13 +243,15 @@ def test_lora_measures_the_adapted_model(smollm2, tokenizer, data, tmp_path):
 
 def test_bad_inputs_on_a_real_model(model, tokenizer, data, caplog):
     problems = data.heldout_problems
+    template = dict(add_generation_prompt=True, return_dict=True)
+    longest = max(len(tokenizer.apply_chat_template(m, **template)["input_ids"]) for m in problems["prompt"])
+    room = 8192 - longest  # SmolLM2's context
     with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
-        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=8109), "problems")
+        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=room), "problems")
         assert "past the model's context" not in caplog.text
-        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=8110), "problems")
-    assert "longest prompt (83 tokens) plus max_new_tokens=8110 is 8193, past the model's context of 8192" in (
-        caplog.text
-    )
+        check_prompts_fit(model, tokenizer, problems, PassAtKConfig(n=1, max_new_tokens=room + 1), "problems")
+    message = f"longest prompt ({longest} tokens) plus max_new_tokens={room + 1} is 8193, past the model's context"
+    assert message + " of 8192" in caplog.text
     no_template = copy.deepcopy(tokenizer)
     no_template.chat_template = None
     with pytest.raises(ValueError, match="Chat-message prompts need a chat template"):
@@ -273,7 +275,7 @@ def test_bad_inputs_on_a_real_model(model, tokenizer, data, caplog):
         prepare_examples(rows, tokenizer, max_length=512)
         assert "chat template leaves out" not in caplog.text
         prepare_examples(rows, cutting, max_length=512)
-    assert "the chat template leaves out part of the assistant text of 8 of 8 rows" in caplog.text
+    assert "the chat template leaves out part of the assistant text of 4 of 4 rows" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
         prepare_examples(data.heldout_sft, tokenizer, max_length=100)
