@@ -2,11 +2,14 @@
 
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2  # fully_shard on every layer and the root
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp1  # FullyShardedDataParallel, layers wrapped
-    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp2,fsdp1  # both, into OUTPUT_DIR/fsdp2 and /fsdp1
     torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR zero3  # DeepSpeed ZeRO-3 (CPU accelerator)
+    torchrun --nproc_per_node 2 tests/fsdp_run.py OUTPUT_DIR fsdp1,zero3,zero3-unmeasured  # see below
     python tests/fsdp_run.py OUTPUT_DIR                             # the same run, one process, no sharding
     ... --no-measuring                                              # the same training without measurements
     ... --no-optimizer                                              # measurements not handed the optimizer
+
+Ways separated by commas run one after the other in one launch, each into OUTPUT_DIR/<way>; a way with
+"-unmeasured" after its name trains without the measurements.
 
 The toy model trains 40 AdamW steps on the same batches on every rank (so FSDP and the single run train the
 same weights) and is measured at steps 20 and 40 with the callbacks' code paths: held-out loss (7 examples
@@ -216,21 +219,21 @@ def main(out: str, how: str | None, measuring: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    # Several ways of sharding, comma-separated, run one after the other in one launch (each launch spends
-    # seconds importing), each into OUTPUT_DIR/<way>; ZeRO-3 runs alone.
+    # Several ways, comma-separated, run one after the other in one launch (each launch spends seconds importing).
     modes = [arg for arg in sys.argv[2:] if not arg.startswith("--")]
-    hows = modes[0].split(",") if modes else [None]
-    if hows == ["zero3"]:
+    ways = modes[0].split(",") if modes else [None]
+    hows = [way and way.removesuffix("-unmeasured") for way in ways]
+    if "zero3" in hows:
         import deepspeed
 
         skip_deepspeed_shm_build()
-        deepspeed.init_distributed(dist_backend="gloo")
+        deepspeed.init_distributed(dist_backend="gloo")  # the gloo process group, which FSDP uses as well
     elif hows != [None]:
         torch.distributed.init_process_group("gloo")
-    for how in hows:
-        out = sys.argv[1] if len(hows) == 1 else os.path.join(sys.argv[1], how)
-        main(out, how, measuring="--no-measuring" not in sys.argv)
-    if hows == ["zero3"]:
+    for way, how in zip(ways, hows):
+        out = sys.argv[1] if len(ways) == 1 else os.path.join(sys.argv[1], way)
+        main(out, how, measuring="--no-measuring" not in sys.argv and not (way or "").endswith("-unmeasured"))
+    if "zero3" in hows:
         # DeepSpeed's engine outlives the process group: in one CI run a rank aborted in teardown ("terminate
         # called without an active exception") after both ranks had written their results. Skip teardown.
         os._exit(0)

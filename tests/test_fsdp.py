@@ -20,13 +20,13 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "fsdp_run.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _start(out, how: str | None, *flags: str) -> subprocess.Popen:
+def _start(out, how: str | None) -> subprocess.Popen:
     out.mkdir()
     command = [sys.executable, SCRIPT, str(out)]
     if how:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         command += ["--master_port", str(free_port()), SCRIPT, str(out), how]
-    return start([*command, *flags], out / "stderr.txt", env=ENV)
+    return start(command, out / "stderr.txt", env=ENV)
 
 
 def _finish(proc: subprocess.Popen, out) -> None:
@@ -41,23 +41,20 @@ def _result(out, how: str | None) -> dict:
     return ranks[0]
 
 
-def _run(out, how: str | None, *flags: str) -> dict:
-    _finish(_start(out, how, *flags), out)
-    return _result(out, how)
-
-
 @pytest.fixture(scope="module")
-def alone(tmp_path_factory) -> dict:
-    """The run in one process, unsharded."""
-    return _run(tmp_path_factory.mktemp("alone") / "run", None)
-
-
-@pytest.fixture(scope="module")
-def fsdp_runs(tmp_path_factory) -> dict:
-    """The FSDP2 and FSDP1 runs, one after the other in one launch of 2 ranks."""
-    out = tmp_path_factory.mktemp("fsdp") / "run"
-    _finish(_start(out, "fsdp2,fsdp1"), out)
-    return {how: _result(out / how, how) for how in ("fsdp2", "fsdp1")}
+def runs(tmp_path_factory) -> dict:
+    """Every way of sharding, one after the other in one launch of 2 ranks (each launch spends seconds importing),
+    and beside it the run in one process, unsharded ("alone"); one thread each. ZeRO-3 also trains once unmeasured:
+    DeepSpeed's training steps differ from torch's AdamW loop, so its run is compared with its own."""
+    ways = ["fsdp2", "fsdp1"]
+    if importlib.util.find_spec("deepspeed") is not None:  # no import here: it sets up accelerators
+        ways += ["zero3", "zero3-unmeasured"]
+    root = tmp_path_factory.mktemp("fsdp")
+    sharded = _start(root / "sharded", ",".join(ways))
+    _finish(_start(root / "alone", None), root / "alone")
+    _finish(sharded, root / "sharded")
+    found = {way: _result(root / "sharded" / way, way) for way in ways}
+    return {**found, "alone": _result(root / "alone", None)}
 
 
 def _same_measurement(sharded: dict, one: dict) -> None:
@@ -69,16 +66,10 @@ def _same_measurement(sharded: dict, one: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["fsdp2", "fsdp1", "zero3"])
-def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path, request):
-    if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
+def test_sharded_measurement_and_training_equal_one_process(runs, how):
+    if how not in runs:
         pytest.skip("DeepSpeed is not installed (it is in the test extra)")
-    if how == "zero3":
-        # DeepSpeed's training steps differ from torch's AdamW loop, so compare with its own run unmeasured,
-        # which runs beside this one.
-        unmeasured = _start(tmp_path / "unmeasured", how, "--no-measuring")
-        run = _run(tmp_path / "run", how)
-    else:
-        run = request.getfixturevalue("fsdp_runs")[how]
+    alone, run = runs["alone"], runs[how]
     assert (alone["world"], alone["sharded"]) == (1, False)
     assert (run["world"], run["sharded"]) == (2, True)
     assert sorted(run["measured"]) == ["20", "40"]
@@ -86,9 +77,7 @@ def test_sharded_measurement_and_training_equal_one_process(alone, how, tmp_path
     _same_measurement(run["measured"]["40"], run["reference"])
     assert sum(sum(run["measured"]["40"][a]["c"]) for a in ("uniform", "dynamic")) > 0
     if how == "zero3":
-        _finish(unmeasured, tmp_path / "unmeasured")
-        unmeasured = _result(tmp_path / "unmeasured", how)
-        assert run["weights"] == unmeasured["weights"]  # measuring left training untouched
+        assert run["weights"] == runs["zero3-unmeasured"]["weights"]  # measuring left training untouched
     else:
         for step in ("20", "40"):
             _same_measurement(run["measured"][step], alone["measured"][step])
