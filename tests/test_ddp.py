@@ -18,17 +18,28 @@ from .processes import free_port
 SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_run.py")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["ddp", "zero3"])
-def test_two_rank_run_measures_what_one_process_measures(tmp_path, capsys, how):
-    if how == "zero3" and importlib.util.find_spec("deepspeed") is None:  # no import here: it sets up accelerators
-        pytest.skip("DeepSpeed is not installed (it is in the test extra)")
-    out = tmp_path / how
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory):
+    """DDP, then DeepSpeed ZeRO-3, one after the other in one launch of 2 ranks (each launch spends seconds
+    importing): OUTPUT_DIR/<way> for each."""
+    ways = ["ddp"]
+    if importlib.util.find_spec("deepspeed") is not None:  # no import here: it sets up accelerators
+        ways.append("zero3")
+    out = tmp_path_factory.mktemp("ranks")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), SCRIPT, str(out)] + (["--zero3"] if how == "zero3" else [])
+    command += ["--master_port", str(free_port()), SCRIPT, str(out), ",".join(ways)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return {way: out / way for way in ways}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ddp", "zero3"])
+def test_two_rank_run_measures_what_one_process_measures(launch, capsys, how):
+    if how not in launch:
+        pytest.skip("DeepSpeed is not installed (it is in the test extra)")
+    out = launch[how]
     rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["world"] == 2 and rank0["errors"] == 0
     # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
