@@ -10,6 +10,7 @@ dequantises the GGUF weights to float32 and saves model and tokenizer with `save
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -88,13 +89,16 @@ def _fetch_gguf(tmp: Path, timeout_s: float) -> Path:
 
 def _convert(gguf_path: Path, target: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config.
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, gguf_file=name), dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config, taken
+    # from the model rather than read again (each read of the file parses its 49k-entry vocabulary, seconds).
+    config = copy.deepcopy(source.config)
+    del config.quantization_config  # the GGUF source's, not the float32 checkpoint's
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(source.state_dict())
     model.generation_config = source.generation_config
     with atomic_folder(target) as partial:
