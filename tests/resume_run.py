@@ -34,13 +34,13 @@ def main() -> None:
     parser.add_argument("output_dir")
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--max-steps", type=int, default=120)
+    parser.add_argument("--max-steps", type=int, default=100)
     ns = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
-    # 64 unique rows for ~60 epochs: the held-out loss bottoms out early and rises, so the RL start is an
-    # early checkpoint that save_total_limit rotates away (only its protected copy keeps it).
-    data = make_splits(n_train=64, n_heldout_sft=64, n_heldout_problems=6, seed=0, unique_train=True)
+    # 32 unique rows, a whole epoch a step: the held-out loss bottoms out near step 40 and rises, so the RL start is
+    # an early checkpoint that save_total_limit rotates away (only its protected copy keeps it).
+    data = make_splits(n_train=32, n_heldout_sft=64, n_heldout_problems=6, seed=0, unique_train=True)
     callbacks = [
         HeldOutLossCallback({"math/val": data.heldout_sft}, every_n_steps=10),
         PassAtKCallback({"math/val": data.heldout_problems}, verifier=StepVerifier(), n=4, max_new_tokens=40),
