@@ -24,7 +24,7 @@ def _values(out, name):
 
 @pytest.mark.slow
 def test_heldout_loss_picks_the_best_checkpoint_and_stops_early_in_any_callback_order(tmp_path, tokenizer):
-    data = make_splits(n_train=64, n_heldout_sft=64, n_heldout_problems=4, seed=0, unique_train=True)
+    data = make_splits(n_train=32, n_heldout_sft=64, n_heldout_problems=4, seed=0, unique_train=True)
     loss = HeldOutLossCallback(data.heldout_sft, every_n_steps=None)
     stopper = EarlyStoppingCallback(early_stopping_patience=2)
     trainer = make_trainer(
