@@ -107,3 +107,29 @@ def wandb_dir(tmp_path, monkeypatch):
     yield tmp_path
     wandb.finish()
     wandb.teardown()
+
+
+@pytest.fixture(scope="session")
+def logged_run(tmp_path_factory, tokenizer, splits):
+    """One 30-step toy run reporting to W&B offline, with the held-out loss every 10 steps and pass@k at the saves
+    (15 and 30) on the same trainer: the held-out loss and pass@k callback tests each read back what they logged."""
+    import wandb
+
+    from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback
+    from sftrl_callbacks.toy import StepVerifier
+
+    tmp_path = tmp_path_factory.mktemp("logged")
+    loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
+    passk = PassAtKCallback(
+        {"mixed": splits.heldout_problems}, verifier=StepVerifier(), n=8, num_problems=6, max_new_tokens=40
+    )
+    wandb.teardown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_DIR", str(tmp_path))
+        trainer = make_trainer(
+            tmp_path, tokenizer, splits.train, [passk, loss], max_steps=30, report_to=["wandb"], save_steps=15
+        )
+        trainer.train()
+        wandb.finish()
+    wandb.teardown()
+    return tmp_path, trainer

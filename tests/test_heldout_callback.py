@@ -18,14 +18,8 @@ def _losses(records, name="sftrl/heldout/mixed/loss"):
 
 
 @pytest.mark.slow
-def test_schedule_jsonl_trainer_log_and_wandb_agree(tmp_path, tokenizer, splits, wandb_dir):
-    cb = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
-    trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=30, report_to=["wandb"], save_steps=15)
-    trainer.train()
-    import wandb
-
-    wandb.finish()
-
+def test_schedule_jsonl_trainer_log_and_wandb_agree(logged_run, tokenizer, splits):
+    tmp_path, trainer = logged_run
     records = read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")
     jsonl = _losses(records)
     # the step-0 baseline, every 10 steps, plus the saves at 15 and 30 (the end)
