@@ -89,7 +89,7 @@ def test_explicit_watch_and_a_watched_callback_missing_from_the_trainer(tmp_path
 def test_reused_callbacks_start_clean_in_a_second_run(tmp_path, tokenizer, splits):
     loss = HeldOutLossCallback({"mixed": splits.heldout_sft}, every_n_steps=10)
     readiness = RLReadinessCallback()
-    first = make_trainer(tmp_path / "one", tokenizer, splits.train, [loss, readiness], max_steps=40, save_steps=20)
+    first = make_trainer(tmp_path / "one", tokenizer, splits.train, [loss, readiness], max_steps=20, save_steps=10)
     first.train()
     first_file = tmp_path / "one" / "out" / "sftrl" / "metrics.jsonl"
     first_lines = first_file.read_text()
