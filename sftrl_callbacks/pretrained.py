@@ -10,6 +10,7 @@ dequantises the GGUF weights to float32 and saves model and tokenizer with `save
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -87,15 +88,37 @@ def _fetch_gguf(tmp: Path, timeout_s: float) -> Path:
     return tmp / member
 
 
+@contextlib.contextmanager
+def _gguf_read_once():
+    """transformers opens the GGUF file anew for the tokenizer, the config and the weights, and each opening parses
+    its 49k-entry vocabulary (seconds on 2 cores): the three share one reader (read-only: a memory map)."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader  # transformers imports the name from gguf at each call
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _convert(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config, taken
-    # from the model rather than read again (each read of the file parses its 49k-entry vocabulary, seconds).
+    with _gguf_read_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        source = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model of the same config (the
+    # loaded model's: reading it from the file again would parse the file again).
     config = copy.deepcopy(source.config)
     del config.quantization_config  # the GGUF source's, not the float32 checkpoint's
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
