@@ -1,12 +1,12 @@
 """A 2-rank DDP SFT run of the toy model with the three callbacks (run by tests/test_ddp.py under torchrun).
 
-    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR ddp
+    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR ddp        # into OUTPUT_DIR/ddp
     torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR zero3      # HF Trainer's DeepSpeed ZeRO-3 instead (CPU)
-    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR ddp,zero3  # one after the other, into OUTPUT_DIR/<way>
+    torchrun --nproc_per_node 2 tests/ddp_run.py OUTPUT_DIR ddp,zero3  # one after the other
 
 Unequal shares on purpose: 7 held-out examples and 7 problems on 2 ranks; the 7 x 4 samples fit in one sampler
 call, and the problems are dealt to the ranks one by one whatever the batch size. Each rank writes what its
-callbacks hold to OUTPUT_DIR/rank<r>.json; rank 0 also writes the held-out rows and problems as JSONL so
+callbacks hold to OUTPUT_DIR/<way>/rank<r>.json; rank 0 also writes the held-out rows and problems as JSONL so
 the test can measure the saved checkpoints in one process with `sftrl eval`.
 """
 
@@ -116,7 +116,6 @@ if __name__ == "__main__":
     # accelerate state anew only once the first one's is cleared (accelerate's own tests do the same).
     from accelerate.state import AcceleratorState
 
-    ways = sys.argv[2].split(",")
-    for way in ways:
+    for way in sys.argv[2].split(","):
         AcceleratorState._reset_state(reset_partial_state=True)
-        main(sys.argv[1] if len(ways) == 1 else os.path.join(sys.argv[1], way), zero3=way == "zero3")
+        main(os.path.join(sys.argv[1], way), zero3=way == "zero3")
