@@ -71,7 +71,7 @@ def main(out: str, zero3: bool = False) -> None:
             },
         }
     args = toy_sft_config(
-        out, 60, [], save_steps=30, per_device_train_batch_size=16, learning_rate=3e-3, deepspeed=deepspeed
+        out, 40, [], save_steps=20, per_device_train_batch_size=16, learning_rate=3e-3, deepspeed=deepspeed
     )
     trainer = SFTTrainer(
         model=build_model(tokenizer, seed=0),

@@ -44,7 +44,7 @@ def test_two_rank_run_measures_what_one_process_measures(launch, capsys, how):
     assert rank0["world"] == 2 and rank0["errors"] == 0
     # Every rank ends with the whole result (so flags and stop decisions agree); only rank 0 wrote.
     assert rank0["loss"] == rank1["loss"] and rank0["passk"] == rank1["passk"] and rank0["dynamic"] == rank1["dynamic"]
-    assert rank0["checkpoints"] == rank1["checkpoints"] == [30, 60]
+    assert rank0["checkpoints"] == rank1["checkpoints"] == [20, 40]
     assert rank0["loss"][0][0] == 0  # the step-0 baseline, measured on both ranks before the first step
     if how == "zero3":
         # The Trainer hands callbacks accelerate's wrapper of DeepSpeed's optimizer, through which pass@k sampling
@@ -57,7 +57,7 @@ def test_two_rank_run_measures_what_one_process_measures(launch, capsys, how):
     assert len(keys) == len(set(keys))  # nothing written twice
 
     # The same checkpoints measured by one process (`sftrl eval`, the callbacks' code paths).
-    args = ["eval", str(out / "checkpoint-30"), str(out / "checkpoint-60")]
+    args = ["eval", str(out / "checkpoint-20"), str(out / "checkpoint-40")]
     args += ["--heldout", f"mixed={out / 'heldout.jsonl'}", "--problems", f"mixed={out / 'problems.jsonl'}"]
     args += ["--verifier", "toy-steps", "--n", "4", "--max-new-tokens", "30", "--seed", "3", "--max-length", "128"]
     args += ["--max-batch-rows", "8"]  # other chunks than the ranks' (2 problems a call): samples seeded by problem
@@ -65,7 +65,7 @@ def test_two_rank_run_measures_what_one_process_measures(launch, capsys, how):
     assert sftrl(args) == 0
     single = {r["step"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
     losses = dict(rank0["loss"])
-    for step in (30, 60):
+    for step in (20, 40):
         assert single[step]["metrics"]["sftrl/heldout/mixed/loss"] == pytest.approx(losses[step], abs=1e-4)
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json").read_text())
         sharded = rank0["passk"][str(step)]
@@ -76,15 +76,15 @@ def test_two_rank_run_measures_what_one_process_measures(launch, capsys, how):
     # Dynamic allocation: the extra rounds are split across ranks the same way.
     args = [
         "eval",
-        str(out / "checkpoint-30"),
-        str(out / "checkpoint-60"),
+        str(out / "checkpoint-20"),
+        str(out / "checkpoint-40"),
         "--problems",
         f"dyn={out / 'problems.jsonl'}",
     ]
     args += ["--verifier", "toy-steps", "--n", "4", "--max-new-tokens", "30", "--seed", "3", "--max-batch-rows", "8"]
     args += ["--allocation", "dynamic", "--initial-n", "2"]
     assert sftrl(args) == 0
-    for step in (30, 60):
+    for step in (20, 40):
         alone = json.loads((out / f"checkpoint-{step}" / "sftrl" / "eval_passk_dyn.json").read_text())
         sharded = rank0["dynamic"][str(step)]
         assert alone["n_per_problem"] == sharded["n"] and alone["c_per_problem"] == sharded["c"]
@@ -115,7 +115,7 @@ def _one_process_forward_rows(out) -> dict[str, int]:
     rows = {}
     for kind, config in configs.items():
         sampler = CountingSampler(show_progress=False)
-        for step in (30, 60):
+        for step in (20, 40):
             model, tokenizer = load_checkpoint(str(out / f"checkpoint-{step}"), device="cpu")
             measure_pass_at_k(model, tokenizer, problems, StepVerifier(), config, sampler, kind, step)
         rows[kind] = sampler.forward_rows
