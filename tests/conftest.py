@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import pytest
@@ -97,24 +98,32 @@ def make_trainer(
     )
 
 
-@pytest.fixture
-def wandb_dir(tmp_path, monkeypatch):
-    """A fresh offline W&B setup writing under tmp_path (wandb keeps process-wide settings otherwise)."""
+@contextlib.contextmanager
+def offline_wandb(directory):
+    """A fresh offline W&B setup writing under `directory`, its run finished at the end (wandb keeps process-wide
+    settings otherwise)."""
     import wandb
 
     wandb.teardown()
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    yield tmp_path
-    wandb.finish()
-    wandb.teardown()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("WANDB_DIR", str(directory))
+            yield directory
+            wandb.finish()
+    finally:
+        wandb.teardown()
+
+
+@pytest.fixture
+def wandb_dir(tmp_path):
+    with offline_wandb(tmp_path):
+        yield tmp_path
 
 
 @pytest.fixture(scope="session")
 def logged_run(tmp_path_factory, tokenizer, splits):
     """One 30-step toy run reporting to W&B offline, with the held-out loss every 10 steps and pass@k at the saves
     (15 and 30) on the same trainer: the held-out loss and pass@k callback tests each read back what they logged."""
-    import wandb
-
     from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback
     from sftrl_callbacks.toy import StepVerifier
 
@@ -123,13 +132,9 @@ def logged_run(tmp_path_factory, tokenizer, splits):
     passk = PassAtKCallback(
         {"mixed": splits.heldout_problems}, verifier=StepVerifier(), n=8, num_problems=6, max_new_tokens=40
     )
-    wandb.teardown()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("WANDB_DIR", str(tmp_path))
+    with offline_wandb(tmp_path):
         trainer = make_trainer(
             tmp_path, tokenizer, splits.train, [passk, loss], max_steps=30, report_to=["wandb"], save_steps=15
         )
         trainer.train()
-        wandb.finish()
-    wandb.teardown()
     return tmp_path, trainer

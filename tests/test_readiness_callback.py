@@ -8,7 +8,7 @@ from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.toy import StepVerifier, make_splits
 
 from . import wandb_offline
-from .conftest import make_trainer
+from .conftest import make_trainer, offline_wandb
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +42,9 @@ def _run(tmp_path, tokenizer, data, policy, report_to=()):
 @pytest.fixture(scope="module")
 def stopped_run(tmp_path_factory, tokenizer, overfit_splits):
     """The run stopped by the 'loss' policy, logged to W&B offline (two tests read it)."""
-    import wandb
-
     tmp_path = tmp_path_factory.mktemp("stopped")
-    wandb.teardown()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("WANDB_DIR", str(tmp_path))
+    with offline_wandb(tmp_path):
         trainer, loss, readiness = _run(tmp_path, tokenizer, overfit_splits, "loss", report_to=["wandb"])
-        wandb.finish()
-    wandb.teardown()
     return tmp_path, trainer, loss, readiness
 
 
