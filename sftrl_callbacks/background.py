@@ -226,7 +226,7 @@ def serve(spec_path: str) -> None:
     all_threads = torch.get_num_threads()
     config = PassAtKConfig(**spec["config"])
     importlib.import_module(spec["verifier_module"])
-    verifier = make_verifier(spec["verifier"], answer_column=config.answer_column)
+    verifier = make_verifier(spec["verifier"], config.verifier_options, config.answer_column)
     with open(spec["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
     sampler = make_sampler(config.sampler, {"show_progress": False, **config.sampler_options})

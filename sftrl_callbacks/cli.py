@@ -90,12 +90,13 @@ class _EvalInputs:
             if self.config.sampler == "hf":
                 options.setdefault("max_batch_rows", ns.max_batch_rows)
             self.sampler = make_sampler(self.config.sampler, options)  # one for every checkpoint: vLLM's engine
-            verifier = make_verifier(ns.verifier, answer_column=self.config.answer_column)
+            verifier = make_verifier(ns.verifier, self.config.verifier_options, self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:
                 name, rows = _load_rows(spec)
                 _in_file(spec, check_problems, rows, self.config, name)
-                _in_file(spec, probe_verifier, self.verifier, rows[0], f"problem set {name!r}")
+                where = f"problem set {name!r}"
+                _in_file(spec, probe_verifier, self.verifier, rows[0], where, self.config.score_threshold)
                 self.problems.append((name, rows))
 
 
@@ -241,7 +242,11 @@ def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
     ev.add_argument("--idle-timeout", type=float, default=3600.0, help="stop watching after this long with nothing new")
     ev.add_argument("--heldout", action="append", help="held-out SFT examples: [name=]path (repeatable)")
     ev.add_argument("--problems", action="append", help="problems with prompt/answer: [name=]path (repeatable)")
-    ev.add_argument("--verifier", default="answer", help="answer | math-verify | toy-steps")
+    ev.add_argument(
+        "--verifier",
+        default="answer",
+        help="a registered verifier: answer | math-verify | toy-steps | ... (its options: --verifier-options)",
+    )
     ev.add_argument("--max-length", type=int, default=1024, help="held-out examples: tokens kept (SFTConfig's)")
     ev.add_argument("--batch-size", type=int, default=32, help="held-out examples per forward")
     ev.add_argument(

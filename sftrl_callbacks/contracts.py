@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -20,6 +21,7 @@ from .checks import check_types, require
 from .io import atomic_file, write_json_atomic
 from .passk import default_ks
 from .records import PassAtKRecord
+from .verifiers.reasoning import DEFAULT_DELIMITERS, ReasoningFormat
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -154,6 +156,28 @@ class PassAtKConfig:
             "samples with the parameters sharded (every rank's forwards in step)."
         },
     )
+    verifier_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Keywords for a verifier named by a string, checked against its factory when it is made, e.g. "
+            "{'timeout_s': 10, 'workers': 4} for 'math-verify' or {'pattern': 'Answer: (.+)'} for 'answer'."
+        },
+    )
+    score_threshold: float = field(
+        default=1.0,
+        metadata={
+            "help": "For verifiers that return scores (a reward function): a completion at or above it counts as "
+            "correct for pass@k; the mean score and its interval are logged as mean_score."
+        },
+    )
+    reasoning_delimiters: list[str] | None = field(
+        default_factory=lambda: list(DEFAULT_DELIMITERS),
+        metadata={
+            "help": "The thinking block's opening and closing delimiters; verifiers grade only the text after the "
+            "last closing one, a block left open is a wrong answer (an unfinished thought). Completions without "
+            "them are graded whole. None (`--reasoning-delimiters none`) grades every completion whole."
+        },
+    )
     prompt_column: str = field(default="prompt", metadata={"help": "Column with the prompt (text or messages)."})
     answer_column: str = field(default="answer", metadata={"help": "Column with the reference answer."})
     num_saved_examples: int = field(
@@ -182,6 +206,8 @@ class PassAtKConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.reasoning_delimiters is not None and list(self.reasoning_delimiters) in ([], [None]):
+            self.reasoning_delimiters = None  # `--reasoning-delimiters none` on the command line
         check_types(self)
         require(self, "n", self.n >= 1, "samples per problem must be >= 1")
         if self.ks is not None:
@@ -209,6 +235,11 @@ class PassAtKConfig:
         require(self, "prompt_column", bool(self.prompt_column), "name the prompt column")
         require(self, "answer_column", bool(self.answer_column), "name the answer column")
         require(self, "num_saved_examples", self.num_saved_examples >= 0, "must be >= 0")
+        require(self, "score_threshold", math.isfinite(self.score_threshold), "must be a finite number")
+        try:
+            ReasoningFormat.from_delimiters(self.reasoning_delimiters)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}.{err}") from None
         require(self, "ci_resamples", self.ci_resamples >= 100, "a 95 % bootstrap interval needs >= 100 resamples")
         require(
             self,
@@ -236,6 +267,9 @@ class PassAtKConfig:
         """The prompts of the problems a measurement uses."""
         return problems[: self.num_used(len(problems))][self.prompt_column]
 
+    def reasoning_format(self) -> ReasoningFormat | None:
+        return ReasoningFormat.from_delimiters(self.reasoning_delimiters)
+
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
             max_new_tokens=self.max_new_tokens,
@@ -245,6 +279,10 @@ class PassAtKConfig:
             stop_strings=tuple(self.stop_strings),
             seed=self.seed,
         )
+
+
+# The reasoning figures a measurement logs as metrics (the rest of `PassAtKResult.reasoning` stays in its JSON).
+REASONING_METRICS = ("mean_thinking_tokens", "mean_answer_tokens", "unfinished_thought_rate")
 
 
 @dataclass
@@ -269,22 +307,37 @@ class PassAtKResult:
     wall_time_s: float
     examples: list[dict[str, Any]]
     verifier_timeouts: int = 0  # completions counted wrong because the verifier timed out
+    truncated_per_problem: list[int] | None = None  # of each problem's samples, how many hit max_new_tokens
+    # with a reasoning format: its delimiters, how many prompts opened the block, mean thinking / answer tokens, the
+    # share of completions that ended inside a thought, and how many completions held a delimiter at all
+    reasoning: dict[str, Any] | None = None
+    # with a verifier that returns scores: the mean score over problems, its bootstrap interval and the threshold
+    mean_score: dict[str, Any] | None = None
     completions: list[dict[str, Any]] | None = None  # every completion, with save_completions (not in the JSON)
 
     def to_record(self, step: int | None = None) -> PassAtKRecord:
         """The typed record the callbacks publish (measured and extrapolated ks kept apart)."""
+        extra = {
+            "mean_completion_tokens": self.mean_completion_tokens,
+            "truncation_rate": self.truncation_rate,
+            "num_problems": self.num_problems,
+            "samples": int(sum(self.n_per_problem)),
+            "verifier_timeouts": self.verifier_timeouts,
+        }
+        if self.reasoning and self.reasoning["seen"]:  # a plain model's run gets no thinking metrics
+            extra.update({key: self.reasoning[key] for key in REASONING_METRICS})
+        if self.mean_score is not None:
+            extra.update(
+                mean_score=self.mean_score["estimate"],
+                mean_score_low=self.mean_score["low"],
+                mean_score_high=self.mean_score["high"],
+            )
         return PassAtKRecord(
             step=self.step if step is None else step,
             dataset=self.dataset,
             pass_at_k=dict(self.pass_at_k),
             extrapolated={k: v["estimate"] for k, v in self.extrapolated.items()},
-            extra={
-                "mean_completion_tokens": self.mean_completion_tokens,
-                "truncation_rate": self.truncation_rate,
-                "num_problems": self.num_problems,
-                "samples": int(sum(self.n_per_problem)),
-                "verifier_timeouts": self.verifier_timeouts,
-            },
+            extra=extra,
             context_=self.context(),
         )
 
@@ -302,6 +355,8 @@ class PassAtKResult:
             "temperature": self.temperature,
             "num_problems": self.num_problems,
             "sampler": self.sampler,
+            "verifier": self.verifier,
+            **({"reasoning_delimiters": self.reasoning["delimiters"]} if self.reasoning else {}),
             "estimator": "unbiased (Chen et al. 2021); k above the samples per problem: beta-binomial EB",
         }
 

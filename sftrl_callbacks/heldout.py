@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .distributed import Shard, no_grad_for
+from .verifiers.reasoning import ReasoningFormat
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -28,6 +29,7 @@ FORMATS = "prompt/completion, messages, plain text (`text`), or pre-tokenized in
 class Example:
     input_ids: list[int]
     labels: list[int]
+    thinking: list[bool] | None = None  # per token: inside a thinking block (with a reasoning format)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,31 @@ class LossResult:
     loss: float
     n_tokens: int
     n_examples: int
+    # with a reasoning format and thinking tokens among the scored ones: the loss over each class of token
+    thinking_loss: float | None = None
+    thinking_tokens: int = 0
+    answer_loss: float | None = None
+    answer_tokens: int = 0
+
+
+def thinking_mask(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], reasoning: ReasoningFormat) -> list[bool]:
+    """Per token of `ids` (a whole sequence, prompt included, as SFTTrainer tokenized it): whether it lies in a
+    thinking block, delimiters included. Each token is decoded alone and the pieces laid end to end, so a token
+    is placed by the text it adds; a token that covers any character of a block counts as thinking. (A piece can
+    differ from its share of the joint decoding, e.g. a lone byte of a multi-byte character, but the delimiters
+    are found in the laid-out text all the same.)"""
+    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    text, starts = "".join(pieces), []
+    position = 0
+    for piece in pieces:
+        starts.append(position)
+        position += len(piece)
+    spans = reasoning.thinking_spans(text)
+    mask = []
+    for start, piece in zip(starts, pieces):
+        end = start + max(len(piece), 1)
+        mask.append(any(lo < end and start < hi for lo, hi in spans))
+    return mask
 
 
 def check_columns(dataset: Dataset, name: str = "held-out", text_field: str = "text") -> None:
@@ -84,6 +111,7 @@ def prepare_examples(
     dataset_text_field: str = "text",
     truncation_mode: str = "keep_start",
     name: str = "held-out",
+    reasoning: ReasoningFormat | None = None,
 ) -> list[Example]:
     """Tokenize and mask a dataset as TRL's SFTTrainer does for training.
 
@@ -92,7 +120,8 @@ def prepare_examples(
     - messages: the whole conversation, or assistant tokens only with `assistant_only_loss=True`.
     - text: the whole text with EOS appended.
     - input_ids (+ labels): used as given.
-    Then truncation to `max_length` and removal of examples with no scored token.
+    Then truncation to `max_length` and removal of examples with no scored token. With a `reasoning` format each
+    example also marks its thinking tokens (`thinking_mask`), for the loss by token class.
     """
     check_columns(dataset, name, dataset_text_field)
     cols = set(dataset.column_names)
@@ -144,7 +173,8 @@ def prepare_examples(
             cut_by_length += any(t != IGNORE_INDEX for t in dropped)
             ids, labels = ids[cut], labels[cut]
         if any(t != IGNORE_INDEX for t in labels[1:]):
-            examples.append(Example(list(ids), list(labels)))
+            thinking = thinking_mask(tokenizer, ids, reasoning) if reasoning is not None else None
+            examples.append(Example(list(ids), list(labels), thinking))
     if not examples:
         raise ValueError(
             f"No example of the {name} dataset has a token to score after masking and truncation to "
@@ -181,7 +211,13 @@ def prepare_examples(
     return examples
 
 
-def examples_from_trainer_args(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, args: object, name: str):
+def examples_from_trainer_args(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    args: object,
+    name: str,
+    reasoning: ReasoningFormat | None = None,
+):
     """`prepare_examples` with the masking options read from an `SFTConfig` (or defaults for other args)."""
     return prepare_examples(
         dataset,
@@ -192,6 +228,7 @@ def examples_from_trainer_args(dataset: Dataset, tokenizer: PreTrainedTokenizerB
         dataset_text_field=getattr(args, "dataset_text_field", "text"),
         truncation_mode=getattr(args, "truncation_mode", "keep_start"),
         name=name,
+        reasoning=reasoning,
     )
 
 
@@ -212,15 +249,25 @@ def heldout_loss(
     mine = shard.mine(examples)
     parts = shard.run("held-out loss", _nll_sum, model, mine, batch_size, pad_token_id, model=model)
     total_nll, total_tokens = sum(p[0] for p in parts), sum(p[1] for p in parts)
-    return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples))
+    thinking_nll, thinking_tokens = sum(p[2] for p in parts), sum(p[3] for p in parts)
+    by_class = {}
+    if thinking_tokens:  # the set has thinking among its scored tokens: the two classes apart
+        answer_tokens = total_tokens - thinking_tokens
+        by_class = dict(
+            thinking_loss=thinking_nll / thinking_tokens,
+            thinking_tokens=thinking_tokens,
+            answer_loss=(total_nll - thinking_nll) / answer_tokens if answer_tokens else None,
+            answer_tokens=answer_tokens,
+        )
+    return LossResult(loss=total_nll / total_tokens, n_tokens=total_tokens, n_examples=len(examples), **by_class)
 
 
 def _nll_sum(model: PreTrainedModel, examples: Sequence[Example], batch_size: int, pad_token_id: int) -> tuple:
-    """(sum of per-token NLL, scored tokens) over `examples`; (0.0, 0) for none."""
+    """(sum of per-token NLL, scored tokens, the same two over thinking tokens) over `examples`; zeros for none."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    total_nll, total_tokens, thinking_nll, thinking_tokens = 0.0, 0, 0.0, 0
     # Length-sorted batches waste less compute on padding; the sum makes order irrelevant.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     try:
@@ -231,21 +278,27 @@ def _nll_sum(model: PreTrainedModel, examples: Sequence[Example], batch_size: in
                 ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
                 labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
+                thinking = torch.zeros((len(batch), width), dtype=torch.bool)
                 for row, e in enumerate(batch):
                     n = len(e.input_ids)
                     ids[row, :n] = torch.tensor(e.input_ids)
                     labels[row, :n] = torch.tensor(e.labels)
                     mask[row, :n] = 1
+                    if e.thinking is not None:
+                        thinking[row, :n] = torch.tensor(e.thinking)
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 targets = labels[:, 1:].to(device)
                 nll = F.cross_entropy(
                     logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                     targets.reshape(-1),
                     ignore_index=IGNORE_INDEX,
-                    reduction="sum",
+                    reduction="none",
                 )
-                total_nll += nll.item()
+                scored_thinking = thinking[:, 1:].reshape(-1).to(device) & (targets.reshape(-1) != IGNORE_INDEX)
+                total_nll += nll.sum().item()
                 total_tokens += int((targets != IGNORE_INDEX).sum())
+                thinking_nll += nll[scored_thinking].sum().item()
+                thinking_tokens += int(scored_thinking.sum())
     finally:
         model.train(was_training)
-    return total_nll, total_tokens
+    return total_nll, total_tokens, thinking_nll, thinking_tokens

@@ -18,10 +18,11 @@ from datasets import Dataset
 
 from .contracts import PassAtKConfig, PassAtKResult, Sampler, describe_sampler, load_result, make_sampler
 from .distributed import Shard
-from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k_curve
-from .sampling import encode_prompts
+from .passk import bootstrap_ci, bootstrap_mean_ci, extrapolate_pass_at_k, pass_at_k_curve
+from .sampling import encode_prompts, render_prompts
 from .streams import prompt_seeds
 from .verifiers import GuardedVerifier, Verifier
+from .verifiers.grading import describe_delimiter_tokens, grade, warn_if_unseen
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -95,6 +96,36 @@ def check_prompts_fit(model: Any, tokenizer: Any, problems: Dataset, config: Pas
         )
 
 
+def explain_reasoning_format(tokenizer: Any, problems: dict[str, Dataset], config: PassAtKConfig) -> None:
+    """Say once, at train start, how the reasoning format meets this tokenizer and these prompts: delimiters that
+    take several tokens (fine: grading reads text) and prompts whose template opens the thinking block."""
+    reasoning = config.reasoning_format()
+    if reasoning is None:
+        return
+    pieces = {d: n for d, n in describe_delimiter_tokens(reasoning, tokenizer).items() if n != 1}
+    if pieces:
+        logger.info(
+            "sftrl: reasoning delimiter(s) %s are not single tokens of the %s (%s tokens); completions are graded "
+            "on their text, so this only means the model writes them piece by piece",
+            " / ".join(map(repr, pieces)),
+            type(tokenizer).__name__,
+            " / ".join(map(str, pieces.values())),
+        )
+    for name, ds in problems.items():
+        rendered = render_prompts(tokenizer, config.used_prompts(ds))
+        opened = sum(reasoning.prompt_opens_block(text) for text in rendered)
+        if opened:
+            logger.info(
+                "sftrl: %d of %d prompts of %r end inside a %r block (the chat template's generation prompt opens "
+                "it): their completions are read as continuing the thought, answered after %r",
+                opened,
+                len(rendered),
+                name,
+                reasoning.open,
+                reasoning.close,
+            )
+
+
 def measure_pass_at_k(
     model: Any,
     tokenizer: Any,
@@ -125,7 +156,12 @@ def measure_pass_at_k(
     requested = config.num_used(len(problems))
     rows = [problems[i] for i in range(requested)]
     deadline = None if config.time_budget_s is None else start + config.time_budget_s
-    draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline)
+    reasoning = config.reasoning_format()
+    opened = [False] * len(rows)
+    if reasoning is not None:  # read from each rendered prompt once, never guessed from a completion
+        rendered = render_prompts(tokenizer, config.used_prompts(problems))
+        opened = [reasoning.prompt_opens_block(text) for text in rendered]
+    draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline, opened)
 
     prepare, release = getattr(sampler, "prepare", None), getattr(sampler, "release", None)
     if prepare is not None:  # a sampler with weights of its own (vLLM) takes the model's now, on every rank
@@ -138,12 +174,42 @@ def measure_pass_at_k(
     tokens = [x for t in tallies for x in t.tokens]
     truncated = [x for t in tallies for x in t.truncated]
     kept = [t.kept for t in tallies]
+    where = f"pass@k of {dataset_name!r}" + ("" if step is None else f" at step {step}")
+    reasoning_summary = None
+    if reasoning is not None:
+        texts = [c["completion"] for t in tallies for c in t.kept]
+        opened_here = sum(draw.opened[i] for i in range(len(rows)))
+        delimited = sum(t.delimited for t in tallies)
+        if shard.rank == 0 and not delimited:
+            warn_if_unseen(reasoning, texts, opened_here, where)
+        grades = [g for t in tallies for g in t.grades]
+        reasoning_summary = {
+            "delimiters": [reasoning.open, reasoning.close],
+            "delimiter_tokens": describe_delimiter_tokens(reasoning, tokenizer),
+            "prompts_opening_block": opened_here,
+            "completions_with_delimiters": delimited,
+            "seen": bool(delimited or opened_here),
+            "mean_thinking_tokens": _mean([g[0] for g in grades]),
+            "mean_answer_tokens": _mean([g[1] for g in grades]),
+            "unfinished_thought_rate": _mean([g[2] for g in grades]),
+        }
+    mean_score = None
+    if verifier.graded and len(rows):
+        interval = bootstrap_mean_ci(
+            [np.mean(t.scores) for t in tallies], resamples=config.ci_resamples, seed=config.seed
+        )
+        mean_score = {
+            "estimate": interval.estimate,
+            "low": interval.low,
+            "high": interval.high,
+            "method": interval.method,
+            "threshold": config.score_threshold,
+        }
     if truncated and all(truncated) and not counts_c.any():
         logger.warning(
-            "sftrl: pass@k of %r%s: all %d completions hit max_new_tokens=%d and none was verified correct, so "
+            "sftrl: %s: all %d completions hit max_new_tokens=%d and none was verified correct, so "
             "pass@k is meaningless here (the answer never came): raise max_new_tokens",
-            dataset_name,
-            "" if step is None else f" at step {step}",
+            where,
             len(truncated),
             config.max_new_tokens,
         )
@@ -202,6 +268,9 @@ def measure_pass_at_k(
         wall_time_s=time.time() - start,
         examples=examples,
         verifier_timeouts=sum(t.timeouts for t in tallies),
+        truncated_per_problem=[int(sum(t.truncated)) for t in tallies],
+        reasoning=reasoning_summary,
+        mean_score=mean_score,
         completions=every,
     )
 
@@ -213,6 +282,7 @@ def _sample_rounds(draw: _Draw, rows: list[dict], config: PassAtKConfig, shard: 
     done = sorted(first)  # a time budget can leave problems out
     rows, tallies = [rows[i] for i in done], [first[i] for i in done]
     draw.rows, draw.ids = rows, [draw.ids[i] for i in done]  # later rounds index the problems kept
+    draw.opened = [draw.opened[i] for i in done]
     counts_n = np.array([t.n for t in tallies], dtype=np.int64)
     counts_c = np.array([t.c for t in tallies], dtype=np.int64)
 
@@ -247,6 +317,9 @@ class _Tally:
     kept: list[dict]  # the first few completions (text, verdict, tokens, truncated), for the JSON
     timeouts: int = 0  # completions counted wrong because the verifier timed out
     every: list[dict] = field(default_factory=list)  # all of them, with save_completions
+    scores: list[float] = field(default_factory=list)
+    grades: list[tuple[int, int, bool]] = field(default_factory=list)  # (thinking, answer tokens, unfinished)
+    delimited: int = 0  # completions holding a reasoning delimiter
 
     def joined(self, other: _Tally) -> _Tally:
         return _Tally(
@@ -257,6 +330,9 @@ class _Tally:
             (self.kept + other.kept)[:COMPLETIONS_KEPT],
             self.timeouts + other.timeouts,
             self.every + other.every,
+            self.scores + other.scores,
+            self.grades + other.grades,
+            self.delimited + other.delimited,
         )
 
 
@@ -272,9 +348,11 @@ class _Draw:
     config: PassAtKConfig
     shard: Shard
     deadline: float | None
+    opened: list[bool]  # whether each row's prompt leaves a thinking block open
 
     def __post_init__(self) -> None:
         self.ids = list(range(len(self.rows)))  # each row's place in the measured set: its samples' seed
+        self.reasoning = self.config.reasoning_format()
 
     def round(self, index: int, problems: list[int], counts: list[int]) -> dict[int, _Tally]:
         """`counts[j]` samples of problem `problems[j]`, from every rank: problem -> tally.
@@ -327,16 +405,44 @@ class _Draw:
             # One verifier call per problem, so a hang or a fault is one problem's, not the whole batch's.
             for i, completions in zip(part, samples):
                 texts = [c.text for c in completions]
-                before = self.verifier.timeouts
-                verdicts = self.verifier.check(texts, [self.rows[i]] * len(texts))
                 tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
+                before = self.verifier.timeouts
+                grades = grade(
+                    self.verifier,
+                    texts,
+                    tokens,
+                    self.rows[i],
+                    self.config.score_threshold,
+                    self.reasoning,
+                    self.opened[i],
+                    self._count_tokens,
+                )
                 timeouts = self.verifier.timeouts - before
                 records = [
-                    {"completion": text, "correct": bool(ok), "tokens": int(n), "truncated": bool(cut)}
-                    for text, ok, n, cut in zip(texts, verdicts, tokens, truncated)
+                    {"completion": text, "correct": g.correct, "score": g.score, "tokens": int(n), "truncated": cut}
+                    for text, g, n, cut in zip(texts, grades, tokens, truncated)
                 ]
+                if self.reasoning is not None:
+                    for record, g in zip(records, grades):
+                        record.update(thinking_tokens=g.thinking_tokens, unfinished=g.unfinished)
                 every = records if self.config.save_completions else []
                 out[i] = _Tally(
-                    len(texts), int(sum(verdicts)), tokens, truncated, records[:COMPLETIONS_KEPT], timeouts, every
+                    len(texts),
+                    sum(g.correct for g in grades),
+                    tokens,
+                    truncated,
+                    records[:COMPLETIONS_KEPT],
+                    timeouts,
+                    every,
+                    [g.score for g in grades],
+                    [(g.thinking_tokens, g.answer_tokens, g.unfinished) for g in grades],
+                    sum(g.delimited for g in grades),
                 )
         return out
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else 0.0

@@ -110,8 +110,15 @@ def bootstrap_ci(n, c, k: int, level: float = 0.95, resamples: int = 2000, seed:
     estimator already averages). Uses its own `numpy.random.Generator(seed)`.
     """
     n, c = _per_problem(n, c)
-    per_problem = pass_at_k(n, c, k)
-    per_problem = np.atleast_1d(per_problem)
+    return bootstrap_mean_ci(np.atleast_1d(pass_at_k(n, c, k)), level, resamples, seed)
+
+
+def bootstrap_mean_ci(per_problem, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Percentile bootstrap CI of the mean of one value per problem (pass@k, a mean score), resampling problems
+    with replacement; uses its own `numpy.random.Generator(seed)`."""
+    per_problem = np.asarray(per_problem, dtype=float)
+    if per_problem.ndim != 1 or per_problem.size == 0:
+        raise ValueError("bootstrap_mean_ci needs one value per problem, at least one problem.")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(per_problem), size=(resamples, len(per_problem)))
     means = per_problem[idx].mean(axis=1)

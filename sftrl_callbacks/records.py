@@ -75,19 +75,30 @@ class LossRecord:
     n_tokens: int | None = None
     n_examples: int | None = None
     source: str = "sftrl"  # "sftrl" (computed here) or "trainer_eval" (re-logged eval_loss)
+    # with a reasoning format and thinking tokens in the set: the loss over thinking tokens and over the rest
+    loss_thinking: float | None = None
+    loss_answer: float | None = None
+    thinking_tokens: int | None = None
 
     def metrics(self) -> dict[str, float | None]:
-        return {
+        out = {
             heldout_name(self.dataset, "loss"): self.loss,
             heldout_name(self.dataset, "loss_min"): self.loss_min,
             heldout_name(self.dataset, "loss_min_step"): self.loss_min_step,
             heldout_name(self.dataset, "loss_smoothed"): self.loss_smoothed,
         }
+        if self.loss_thinking is not None:
+            out[heldout_name(self.dataset, "loss_thinking")] = self.loss_thinking
+        if self.loss_answer is not None:
+            out[heldout_name(self.dataset, "loss_answer")] = self.loss_answer
+        return out
 
     def context(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dataset": self.dataset, "source": self.source}
         if self.n_tokens is not None:
             out.update(n_tokens=self.n_tokens, n_examples=self.n_examples)
+        if self.thinking_tokens is not None:
+            out.update(thinking_tokens=self.thinking_tokens)
         return out
 
 

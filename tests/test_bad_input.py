@@ -167,7 +167,7 @@ CONSTRUCTION = {
     ),
     "verifier-accepts-empty-completion": (
         lambda: PassAtKCallback(
-            problems(), verifier=RewardFunctionVerifier(lambda completions, **_: [0.0], threshold=0)
+            problems(), verifier=RewardFunctionVerifier(lambda completions, **_: [0.0]), score_threshold=0
         ),
         ValueError,
         "counts an empty completion as correct",
@@ -237,7 +237,7 @@ SHORT = PassAtKConfig(n=4, max_new_tokens=4, ci_resamples=100)
     [
         ("verifier-one-short", lambda c: [False] * (len(c) - 1), "returned 3 verdicts for 4 completions"),
         ("verifier-one-too-many", lambda c: [False] * (len(c) + 1), "returned 5 verdicts for 4 completions"),
-        ("verifier-returns-2", lambda c: [2] * len(c), r"returned 2 \(int\)"),
+        ("verifier-returns-nan", lambda c: [float("nan")] * len(c), r"returned nan \(float\)"),
     ],
 )
 def test_measurement_refuses_bad_verdicts(case, verdicts, pattern, model, tokenizer):
@@ -416,7 +416,7 @@ def test_docs_table_lists_every_case():
     cases = set(CONSTRUCTION) | {
         "verifier-one-short",
         "verifier-one-too-many",
-        "verifier-returns-2",
+        "verifier-returns-nan",
         "verifier-hangs",
         "no-pad-token",
         "sampler-wrong-count",

@@ -66,11 +66,11 @@ def test_reward_function_adapter_passes_columns_like_trl():
         seen.update(kwargs, prompts=prompts)
         return [1.0 if c.endswith(a) else 0.0 for c, a in zip(completions, answer)] + [None] * 0
 
-    v = RewardFunctionVerifier(reward, threshold=0.5)
+    v = RewardFunctionVerifier(reward)
     rows = [{"prompt": "Q", "answer": "3", "steps": 1}, {"prompt": "R", "answer": "4", "steps": 2}]
-    assert v.check(["#### 3", "#### 5"], rows) == [True, False]
+    assert v.check(["#### 3", "#### 5"], rows) == [1.0, 0.0]
     assert seen["steps"] == [1, 2] and seen["prompts"] == ["Q", "R"]
-    assert RewardFunctionVerifier(lambda **kw: [None, 1.0]).check(["a", "b"], rows) == [False, True]
+    assert RewardFunctionVerifier(lambda **kw: [None, 0.5]).check(["a", "b"], rows) == [0.0, 0.5]
 
 
 def test_make_verifier():
@@ -94,4 +94,4 @@ def test_trl_accuracy_reward_works_on_conversational_problems():
 
     verifier = RewardFunctionVerifier(accuracy_reward)
     rows = [{"prompt": [{"role": "user", "content": "2+2?"}], "solution": "$4$"}] * 2
-    assert verifier.check(["The answer is $4$.", "The answer is $5$."], rows) == [True, False]
+    assert verifier.check(["The answer is $4$.", "The answer is $5$."], rows) == [1.0, 0.0]

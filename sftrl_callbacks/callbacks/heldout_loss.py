@@ -20,6 +20,7 @@ from ..readiness import DEFAULT_SMOOTHING
 from ..records import GapRecord, LossRecord, heldout_name
 from ..sampling import pad_token_id
 from ..sinks import MetricSink
+from ..verifiers.reasoning import DEFAULT_DELIMITERS, ReasoningFormat
 from .base import ScheduleConfig, ScheduledMonitor, make_config, named_sets, text_tokenizer
 
 logger = logging.getLogger("sftrl_callbacks")
@@ -40,6 +41,14 @@ class HeldOutLossConfig(ScheduleConfig):
         default=DEFAULT_SMOOTHING,
         metadata={"help": "EMA weight of the previous smoothed value (TensorBoard-style); 0 turns smoothing off."},
     )
+    reasoning_delimiters: list[str] | None = field(
+        default_factory=lambda: list(DEFAULT_DELIMITERS),
+        metadata={
+            "help": "The thinking block's delimiters: when the held-out rows hold such blocks, also log loss_thinking "
+            "(scored tokens inside them, delimiters included) and loss_answer (the other scored tokens). None: "
+            "only the whole loss."
+        },
+    )
     use_trainer_eval: bool = field(
         default=False,
         metadata={
@@ -54,6 +63,10 @@ class HeldOutLossConfig(ScheduleConfig):
         require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
         require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "must be >= 1 or None")
         require(self, "smoothing", 0.0 <= self.smoothing < 1.0, "must be in [0, 1) (0 = no smoothing)")
+        try:
+            ReasoningFormat.from_delimiters(self.reasoning_delimiters)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}.{err}") from None
 
 
 class HeldOutLossCallback(ScheduledMonitor):
@@ -63,7 +76,9 @@ class HeldOutLossCallback(ScheduledMonitor):
     accepts; examples are tokenized and masked as SFTTrainer does with the trainer's `SFTConfig`.
     Per set it logs `sftrl/heldout/<set>/loss` (token-weighted mean NLL over all scored tokens),
     `loss_min` and `loss_min_step`, `loss_smoothed`, and `gap`: held-out loss minus the training
-    loss the trainer logs at the same step.
+    loss the trainer logs at the same step. When the rows hold thinking blocks (`reasoning_delimiters`), also
+    `loss_thinking` and `loss_answer`: the same token-weighted loss over the scored tokens inside the blocks and
+    over the rest.
     """
 
     _what = "held-out loss"
@@ -113,7 +128,7 @@ class HeldOutLossCallback(ScheduledMonitor):
         return Source(self._group, tuple(self.datasets))  # no sets: the trainer's eval names them
 
     def metric_fields(self) -> set[str]:
-        return {"loss", "loss_min", "loss_min_step", "loss_smoothed", "gap"}
+        return {"loss", "loss_min", "loss_min_step", "loss_smoothed", "gap", "loss_thinking", "loss_answer"}
 
     def _prepare(self, args, processing_class, model) -> None:
         if self.config.use_trainer_eval and args.eval_strategy == "no":
@@ -128,8 +143,10 @@ class HeldOutLossCallback(ScheduledMonitor):
                     "processing_class=<tokenizer> to the trainer."
                 )
             tokenizer = text_tokenizer(processing_class)
+            reasoning = ReasoningFormat.from_delimiters(self.config.reasoning_delimiters)
             for name, ds in self.datasets.items():
-                self._examples[name] = examples_from_trainer_args(ds, tokenizer, args, name=f"held-out {name!r}")
+                where = f"held-out {name!r}"
+                self._examples[name] = examples_from_trainer_args(ds, tokenizer, args, where, reasoning)
 
     def _active(self) -> bool:
         return bool(self.datasets)  # with use_trainer_eval the trainer measures, on_evaluate re-logs
@@ -154,7 +171,16 @@ class HeldOutLossCallback(ScheduledMonitor):
         pad = pad_token_id(text_tokenizer(processing_class))
         for name, examples in self._examples.items():
             result = heldout_loss(model, examples, self.config.batch_size, pad, shard)
-            self._record(state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples)
+            by_class = {}
+            if result.thinking_loss is not None:
+                by_class = dict(
+                    loss_thinking=result.thinking_loss,
+                    loss_answer=result.answer_loss,
+                    thinking_tokens=result.thinking_tokens,
+                )
+            self._record(
+                state.global_step, name, result.loss, n_tokens=result.n_tokens, n_examples=result.n_examples, **by_class
+            )
 
     def _record(self, step: int, name: str, loss: float, **context: Any) -> None:
         history = [*self.history.get(heldout_name(name, "loss"), []), (step, loss)]

@@ -21,7 +21,7 @@ from ..checks import require
 from ..contracts import PassAtKConfig, PassAtKResult, Sampler, make_sampler
 from ..distributed import Shard
 from ..hub import Source
-from ..measure import check_problems, check_prompts_fit, measure_pass_at_k
+from ..measure import check_problems, check_prompts_fit, explain_reasoning_format, measure_pass_at_k
 from ..records import passk_name
 from ..report import completions_table, passk_curve_table
 from ..sinks import MetricSink
@@ -93,10 +93,10 @@ class PassAtKCallback(ScheduledMonitor):
         self.problems = named_sets(problems, "problems", "Problem set")
         for name, ds in self.problems.items():
             check_problems(ds, self.config, name)
-        self.verifier = make_verifier(verifier, answer_column=self.config.answer_column)
+        self.verifier = make_verifier(verifier, self.config.verifier_options, self.config.answer_column)
         self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
         for name, ds in self.problems.items():
-            probe_verifier(self._guarded, ds[0], f"problem set {name!r}")
+            probe_verifier(self._guarded, ds[0], f"problem set {name!r}", self.config.score_threshold)
         # Made now, so that a missing engine (vLLM) or a bad option fails here rather than at the first measurement.
         self.sampler = sampler or make_sampler(self.config.sampler, self.config.sampler_options)
         if not isinstance(self.sampler, Sampler):
@@ -130,6 +130,7 @@ class PassAtKCallback(ScheduledMonitor):
             )
         for name, ds in self.problems.items():
             check_prompts_fit(model, tokenizer, ds, self.config, name)
+        explain_reasoning_format(tokenizer, self.problems, self.config)
         if self.config.background and args.world_size > 1:
             raise ValueError(
                 "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "
