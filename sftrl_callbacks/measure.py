@@ -194,7 +194,8 @@ def measure_pass_at_k(
             "unfinished_thought_rate": _mean([g[2] for g in grades]),
         }
     mean_score = None
-    if verifier.graded and len(rows):
+    scored = verifier.returns_scores or any(s not in (0.0, 1.0) for t in tallies for s in t.scores)
+    if scored and len(rows):  # decided on the gathered scores, so every rank logs the same metrics
         interval = bootstrap_mean_ci(
             [np.mean(t.scores) for t in tallies], resamples=config.ci_resamples, seed=config.seed
         )

@@ -19,6 +19,7 @@ from . import layout
 from .io import read_jsonl
 from .records import parse_name
 from .sinks import Image, Table
+from .verifiers.reasoning import ReasoningFormat
 
 
 def passk_curve_table(result: Any, step: int) -> Table:
@@ -53,14 +54,41 @@ def prompt_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(f"{role}: {text}" if role else text for role, text in prompt_turns(prompt))
 
 
+def split_thinking(completion: Mapping[str, Any], reasoning: Mapping[str, Any] | None) -> tuple[str, str | None]:
+    """(thinking, answer) of a kept completion record by its measurement's reasoning delimiters: ("", whole) without
+    them, (whole, None) for an unfinished thought (as grading found it: the record says so)."""
+    text = completion["completion"]
+    if not reasoning:
+        return "", text
+    if completion.get("unfinished"):
+        return text, None
+    region = ReasoningFormat(*reasoning["delimiters"]).split(text)
+    return (text, None) if region.unfinished else (region.thinking, region.answer)
+
+
+def clip(text: str, keep: int = 160) -> str:
+    """`text` with its middle cut to ` [... N characters ...] ` when longer than `keep`."""
+    if len(text) <= keep:
+        return text
+    head, tail = keep * 2 // 3, keep // 3
+    return f"{text[:head]} [... {len(text) - head - tail} characters ...] {text[-tail:]}"
+
+
 def completions_table(result: Any, step: int) -> Table:
-    """The first completions of the first problems of a `PassAtKResult` (its `examples`), to read in a tracker."""
+    """The first completions of the first problems of a `PassAtKResult` (its `examples`), to read in a tracker. With
+    a reasoning format the thinking is clipped to its start and end and the answer shown in full."""
+    reasoning = result.reasoning if getattr(result, "reasoning", None) and result.reasoning.get("seen") else None
     rows = []
     for i, example in enumerate(result.examples):
         for c in map(completion_record, example["completions"]):
-            prompt = prompt_text(example["prompt"])
-            rows.append([i, prompt, c["completion"], c["correct"], example["answer"], c["tokens"], c["truncated"]])
-    return Table(COMPLETION_COLUMNS, rows, title=f"{result.dataset}: sampled completions at step {step}")
+            prompt, text = prompt_text(example["prompt"]), c["completion"]
+            if reasoning:
+                thinking, answer = split_thinking(c, reasoning)
+                text = clip(thinking) + ("" if answer is None else answer)
+            row = [i, prompt, text, c["correct"], example["answer"], c["tokens"], c["truncated"]]
+            rows.append(row + ([c.get("thinking_tokens"), c.get("unfinished")] if reasoning else []))
+    columns = COMPLETION_COLUMNS + (["thinking_tokens", "unfinished"] if reasoning else [])
+    return Table(columns, rows, title=f"{result.dataset}: sampled completions at step {step}")
 
 
 def run_panels(
@@ -156,6 +184,7 @@ def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "pass@1": _interval(result, 1),
                 f"pass@{k}": _interval(result, k) if k else None,
                 "score": scores.get(step),
+                "reasoning": _reasoning_cell(result, data["series"], loss_name, step),
                 "flags": "baseline: the model before SFT, not a checkpoint"
                 if step == 0
                 else ", ".join(flags) + (f" (excluded: {excluded[step]})" if step in excluded else ""),
@@ -163,6 +192,25 @@ def candidate_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _reasoning_cell(
+    result: Mapping[str, Any] | None, series: Mapping[str, Mapping[int, float]], loss_name: str | None, step: int
+) -> str | None:
+    """Thinking / answer tokens, unfinished thoughts and the held-out loss by token class at `step`, when measured."""
+    parts = []
+    reasoning = (result or {}).get("reasoning")
+    if reasoning and reasoning.get("seen"):
+        parts.append(
+            f"{reasoning['mean_thinking_tokens']:.0f} / {reasoning['mean_answer_tokens']:.0f} tokens, "
+            f"{reasoning['unfinished_thought_rate']:.0%} unfinished"
+        )
+    if loss_name:
+        base = loss_name[: -len("loss")]
+        think, answer = series.get(base + "loss_thinking", {}).get(step), series.get(base + "loss_answer", {}).get(step)
+        if think is not None and answer is not None:
+            parts.append(f"loss {think:.3f} / {answer:.3f}")
+    return "; ".join(parts) or None
 
 
 def _plot_band(ax, by_step: Mapping[int, Mapping], k: int, label: str, color: str) -> None:
@@ -207,12 +255,20 @@ def render_report(output_dir: str) -> tuple[str, str]:
 
     parsed = {name: metric for name in series if (metric := parse_name(name)) is not None}
     for name, metric in sorted(parsed.items(), key=lambda item: item[1].dataset or ""):
-        if metric.group != "heldout" or metric.field not in ("loss", "gap"):
+        if metric.group != "heldout" or metric.field not in ("loss", "gap", "loss_thinking", "loss_answer"):
             continue
         points = series[name]
         steps = [s for s in sorted(points) if s > 0]
-        ax = ax_loss if metric.field == "loss" else ax_gap
-        (line,) = ax.plot(steps, [points[s] for s in steps], "o-", ms=3, label=metric.dataset)
+        ax = ax_gap if metric.field == "gap" else ax_loss
+        style, label = (
+            ("o-", metric.dataset)
+            if metric.field in ("loss", "gap")
+            else (
+                "--" if metric.field == "loss_thinking" else ":",
+                f"{metric.dataset}, {metric.field[5:]} tokens",
+            )
+        )
+        (line,) = ax.plot(steps, [points[s] for s in steps], style, ms=3, label=label)
         if 0 in points and metric.field == "loss":
             ax.axhline(points[0], color=line.get_color(), ls=":", lw=1.5, label=f"{metric.dataset} at step 0")
     if passk_set:
@@ -288,18 +344,24 @@ def _page(output_dir: str, data: Mapping[str, Any], png: str, large_k: int | Non
         else "<p>No RL-start checkpoint chosen (no RLReadinessCallback, or no checkpoint saved).</p>"
     )
     k_label = f"pass@{large_k}" if large_k else "pass@large-k"
+    rows = candidate_rows(data)
+    thinking = any(row["reasoning"] for row in rows)
     head = ["step", "held-out loss", "pass@1 [95 % CI]", f"{k_label} [95 % CI]", "readiness score", "flags", "pick"]
+    if thinking:
+        head.insert(4, "thinking / answer: tokens, unfinished; held-out loss")
     body = "".join(
         f"<tr{' style=background:#dfd' if row['picked'] else ''}><td>{row['step']}</td>"
         f"<td>{_fmt(row['heldout_loss'], 4)}</td><td>{_fmt(row['pass@1'])}</td>"
-        f"<td>{_fmt(row.get(k_label) if large_k else None)}</td><td>{_fmt(row['score'])}</td>"
+        f"<td>{_fmt(row.get(k_label) if large_k else None)}</td>"
+        + (f"<td>{_fmt(row['reasoning'])}</td>" if thinking else "")
+        + f"<td>{_fmt(row['score'])}</td>"
         f"<td>{html.escape(row['flags'])}</td><td>{'&#10004; RL start' if row['picked'] else ''}</td></tr>"
-        for row in candidate_rows(data)
+        for row in rows
     )
     candidates = (
         "<h2>Candidates</h2><table border=1 cellpadding=4><tr>"
         + "".join(f"<th>{h}</th>" for h in head)
-        + f"</tr>{body or '<tr><td colspan=7>no saved checkpoint measured</td></tr>'}</table>"
+        + f"</tr>{body or f'<tr><td colspan={len(head)}>no saved checkpoint measured</td></tr>'}</table>"
         "<p><small>Intervals: percentile bootstrap over problems (measured k) or the beta-binomial fit's "
         "bootstrap (k above the samples per problem), as each measurement's JSON records. Flags: those that "
         "began at or before the step.</small></p>"
@@ -335,22 +397,29 @@ def _completions_html(data: Mapping[str, Any], per_checkpoint: int = 2) -> str:
     for name, by_step in data["results"].items():
         for step, result in sorted(by_step.items()):
             shown = []
+            reasoning = result.get("reasoning")
             for example in result.get("examples", []):
                 for c in map(completion_record, example["completions"][:1]):
                     verdict = {True: "&#10004; correct", False: "&#10008; wrong", None: "not recorded"}[c["correct"]]
                     details = [verdict, f"expected <b>{html.escape(str(example['answer']))}</b>"]
                     if c.get("tokens") is not None:
                         details.append(f"{c['tokens']} tokens" + (", cut at max_new_tokens" if c["truncated"] else ""))
+                    if c.get("unfinished"):
+                        details.append("ended inside a thought: no answer")
                     turns = "".join(
                         f"<div class=turn><span class=role>{html.escape(role)}</span>{html.escape(text)}</div>"
                         if role
                         else f"<div class=turn>{html.escape(text)}</div>"
                         for role, text in prompt_turns(example["prompt"])
                     )
+                    thinking, answer = split_thinking(c, reasoning)
+                    body = html.escape(answer) if answer is not None else ""
+                    if thinking:  # collapsed: the answer is what was graded
+                        size = f"{c['thinking_tokens']} tokens" if c.get("thinking_tokens") is not None else "thinking"
+                        body = f"<details><summary>thinking ({size})</summary>{html.escape(thinking)}</details>{body}"
                     shown.append(
                         f"<div class=sample><div class=verdict>{' &middot; '.join(details)}</div>"
-                        f"<div class=prompt>{turns}</div>"
-                        f"<div class=completion>{html.escape(c['completion'])}</div></div>"
+                        f"<div class=prompt>{turns}</div><div class=completion>{body}</div></div>"
                     )
                 if len(shown) >= per_checkpoint:
                     break

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+from sftrl_callbacks import AnswerVerifier, HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
 from sftrl_callbacks.io import read_jsonl
 
 from .conftest import make_trainer
@@ -15,7 +15,9 @@ from .conftest import make_trainer
 @pytest.mark.slow
 def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbers(tmp_path, tokenizer, splits):
     """One run measured twice at each save: in the training process and by the background job."""
-    settings = dict(verifier="toy-steps", n=8, num_problems=6, max_new_tokens=30, seed=3)
+    # verifier options reach the background job: with this tolerance any number after `####` counts as correct
+    tolerant = dict(verifier="answer", verifier_options={"tolerance": 1e9})
+    settings = dict(n=8, num_problems=6, max_new_tokens=30, seed=3, **tolerant)
     inline = PassAtKCallback({"inline": splits.heldout_problems}, **settings)
     background = PassAtKCallback({"mixed": splits.heldout_problems}, background=True, **settings)
     readiness = RLReadinessCallback(passk_set="mixed")
@@ -29,6 +31,11 @@ def test_background_pass_at_k_lands_at_the_checkpoint_step_with_the_inline_numbe
         # same checkpoint, code, config and seeds
         assert got.c_per_problem == expected.c_per_problem and got.n_per_problem == expected.n_per_problem
         assert got.pass_at_k == pytest.approx(expected.pass_at_k)
+    kept = [(c, {"answer": e["answer"]}) for e in by_step[40].examples for c in e["completions"]]
+    texts, rows = [c["completion"] for c, _ in kept], [row for _, row in kept]
+    recorded = [c["correct"] for c, _ in kept]
+    assert recorded == AnswerVerifier(tolerance=1e9).check(texts, rows)  # the job graded with the options...
+    assert recorded != AnswerVerifier().check(texts, rows)  # ...which change verdicts here
     out = tmp_path / "out"
     records = read_jsonl(out / "sftrl" / "metrics.jsonl")
     steps = {r["step"] for r in records if r["name"] == "sftrl/passk/mixed/pass@8"}

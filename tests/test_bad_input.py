@@ -177,6 +177,26 @@ CONSTRUCTION = {
         ValueError,
         "StepVerifier failed on the first problem .*KeyError",
     ),
+    "verifier-option-typo": (
+        lambda: PassAtKCallback(problems(), verifier="answer", verifier_options={"patern": "x (.+)"}),
+        ValueError,
+        "Verifier 'answer' takes no option 'patern'; it takes: answer_column, numeric, pattern, tolerance",
+    ),
+    "verifier-options-on-an-object": (
+        lambda: PassAtKCallback(problems(), verifier=Returns(lambda c: [False] * len(c)), verifier_options={"a": 1}),
+        ValueError,
+        "apply to a verifier named by a string; set the options on the Returns object itself",
+    ),
+    "reasoning-delimiters-one": (
+        lambda: PassAtKCallback(problems(), reasoning_delimiters=["<think>"]),
+        ValueError,
+        r"PassAtKCallbackConfig.reasoning_delimiters=\['<think>'\]: give two strings",
+    ),
+    "reasoning-delimiters-same": (
+        lambda: HeldOutLossCallback(HELDOUT, reasoning_delimiters=["|", "|"]),
+        ValueError,
+        r"HeldOutLossConfig.reasoning_delimiters=\['\|', '\|'\]: the opening and closing delimiters must differ",
+    ),
     "early-stopping-typo": (lambda: RLReadinessCallback(early_stopping="Loss"), ValueError, "use one of"),
     "patience-zero": (lambda: RLReadinessCallback(loss_patience=0), ValueError, "loss_patience=0: must be >= 1"),
     "negative-min-delta": (lambda: RLReadinessCallback(passk_min_delta=-0.1), ValueError, "passk_min_delta=-0.1"),
@@ -473,6 +493,10 @@ CLI = {
     ),
     "eval-bad-n": (lambda r: _eval(r, "checkpoint-5", "--n", "0"), "PassAtKConfig.n=0: samples per problem"),
     "eval-unknown-verifier": (lambda r: _eval(r, "checkpoint-5", "--verifier", "nope"), "Unknown verifier 'nope'"),
+    "eval-verifier-option-typo": (
+        lambda r: _eval(r, "checkpoint-5", "--verifier", "math-verify", "--verifier-options", "timeout=3"),
+        "Verifier 'math-verify' takes no option 'timeout'; it takes: answer_column, memory_mb, timeout_s, workers",
+    ),
     "fit-missing-target": (lambda r: ["fit", str(r / "table.csv")], "No target column 'post_rl_pass@1'"),
     "fit-one-row": (lambda r: ["fit", str(r / "one_row.csv"), "--target", "t"], "needs at least 3 calibrated rows"),
     "fit-text-signal": (

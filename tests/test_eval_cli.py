@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback
+from sftrl_callbacks import AnswerVerifier, HeldOutLossCallback, PassAtKCallback
 from sftrl_callbacks.cli import main as sftrl
 from sftrl_callbacks.measure import load_result
 from sftrl_callbacks.toy import StepVerifier
@@ -52,6 +52,16 @@ def test_eval_on_saved_checkpoints_matches_the_callbacks(tmp_path, tokenizer, sp
         offline = load_result(str(out / f"checkpoint-{step}" / "sftrl" / "eval_passk_mixed.json"))
         assert offline.c_per_problem == during.c_per_problem and offline.n_per_problem == during.n_per_problem
         assert offline.pass_at_k == pytest.approx(during.pass_at_k)
+
+    # verifier options, as KEY=VALUE pairs read as JSON: with this tolerance any number after `####` is correct
+    args = [str(out / "checkpoint-40"), "--problems", f"tolerant={tmp_path / 'problems.jsonl'}", "--n", "8"]
+    args += ["--verifier", "answer", "--verifier-options", "tolerance=1e9", "--max-new-tokens", "40", "--seed", "3"]
+    assert sftrl(["eval", *args]) == 0
+    tolerant = load_result(str(out / "checkpoint-40" / "sftrl" / "eval_passk_tolerant.json"))
+    kept = [(c, {"answer": e["answer"]}) for e in tolerant.examples for c in e["completions"]]
+    texts, rows = [c["completion"] for c, _ in kept], [row for _, row in kept]
+    assert [c["correct"] for c, _ in kept] == AnswerVerifier(tolerance=1e9).check(texts, rows)
+    assert [c["correct"] for c, _ in kept] != AnswerVerifier().check(texts, rows)
 
     flags = [f"--{name.replace('_', '-')}" for name in tuned_settings]
     args = [str(out / "checkpoint-40"), "--problems", f"tuned={tmp_path / 'problems.jsonl'}", "--verifier", "toy-steps"]

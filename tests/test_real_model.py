@@ -53,6 +53,15 @@ def data():
     return make_word_problem_splits(n_train=64, n_heldout_sft=4, n_heldout_problems=3, seed=0)
 
 
+@pytest.fixture(scope="module")
+def reasoning_data():
+    """The assistant thinks in a `<think>` block (sometimes through a wrong draft answer), then answers; 1- and 2-step
+    problems, so that a 6-step SFT gets some right."""
+    return make_word_problem_splits(
+        n_train=64, n_heldout_sft=4, n_heldout_problems=3, seed=0, style="reasoning", steps=(1, 2)
+    )
+
+
 def sft_config(output_dir, **overrides):
     from trl import SFTConfig
 
@@ -93,22 +102,48 @@ def test_heldout_loss_equals_an_nll_over_sfttrainers_own_preprocessing(model, to
     assert ours.loss == pytest.approx(total / count, rel=1e-4)
 
 
-@pytest.fixture(scope="module")
-def sft_run(smollm2, tokenizer, data, tmp_path_factory):
-    """4 SFT steps with all three callbacks, a save at 4, TensorBoard; pass@k inline and in the background.
+def test_thinking_tokens_are_those_the_tokenizers_offsets_place_in_the_block(model, tokenizer, reasoning_data):
+    """The held-out thinking mask, made by laying out each token's decoding, equals the one the tokenizer's own
+    character offsets give on the rendered conversation (byte-level BPE: `<think>` is several tokens here)."""
+    from sftrl_callbacks.verifiers import ReasoningFormat
 
-    Pass@k only at the save: one SmolLM2 measurement takes 7-9 s on 2 cores whatever its batch (each decoding step
-    reads all the weights), and the toy tests cover the step-0 baseline."""
+    rows = reasoning_data.heldout_sft
+    examples = prepare_examples(rows, tokenizer, max_length=512, reasoning=ReasoningFormat())
+    assert len(tokenizer("<think>", add_special_tokens=False)["input_ids"]) > 1
+    for row, example in zip(rows, examples):
+        text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert encoded["input_ids"] == example.input_ids
+        start, end = text.index("<think>"), text.index("</think>") + len("</think>")
+        assert example.thinking == [lo < end and start < hi for lo, hi in encoded["offset_mapping"]]
+    result = heldout_loss(model, examples, pad_token_id=pad_token_id(tokenizer))
+    assert result.thinking_tokens + result.answer_tokens == result.n_tokens
+    assert result.thinking_tokens > 3 * result.answer_tokens > 0
+    # the loss splits into its two classes: token-weighted means recombine to the whole
+    parts = result.thinking_loss * result.thinking_tokens + result.answer_loss * result.answer_tokens
+    assert parts / result.n_tokens == pytest.approx(result.loss, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sft_run(smollm2, tokenizer, reasoning_data, tmp_path_factory):
+    """6 SFT steps on reasoning-style rows with all three callbacks, a save at 6, TensorBoard; pass@k inline and in
+    the background, graded on the answer after the thinking block (the default reasoning format).
+
+    Pass@k only at the save: one SmolLM2 measurement takes 7-9 s on 2 cores for 64 tokens whatever its batch (each
+    decoding step reads all the weights), and the toy tests cover the step-0 baseline."""
     from trl import SFTTrainer
 
+    data = reasoning_data
     out = tmp_path_factory.mktemp("smollm2") / "out"
-    settings = dict(verifier="math-verify", n=4, max_new_tokens=64, seed=1, save_completions=True)
-    settings.update(measure_at_start=False)
+    settings = dict(verifier="math-verify", n=4, max_new_tokens=96, seed=1, save_completions=True)
+    settings.update(measure_at_start=False, verifier_options={"workers": 1, "timeout_s": 10.0})
     inline = PassAtKCallback({"problems": data.heldout_problems}, **settings)
     background = PassAtKCallback({"background": data.heldout_problems}, background=True, **settings)
     loss = HeldOutLossCallback({"heldout": data.heldout_sft}, every_n_steps=2)
     readiness = RLReadinessCallback()
-    args = sft_config(out, max_steps=4, save_steps=4, report_to=["tensorboard"])
+    # 6 steps at lr 2e-4: the model opens `<think>` in every sample and closes it in 11 of 12 (4 steps at 1e-4: in 1
+    # of 12; 4 at 3e-4 went into loops)
+    args = sft_config(out, max_steps=6, save_steps=6, report_to=["tensorboard"], learning_rate=2e-4)
     trainer = SFTTrainer(
         model=load_model(smollm2),
         args=args,
@@ -127,10 +162,13 @@ def test_short_sft_run_logs_every_metric_to_jsonl_and_tensorboard(sft_run):
     steps = {}
     for r in records:
         steps.setdefault(r["name"], set()).add(r["step"])
-    assert steps["sftrl/heldout/heldout/loss"] == {0, 2, 4}
+    assert steps["sftrl/heldout/heldout/loss"] == {0, 2, 4, 6}
+    assert steps["sftrl/heldout/heldout/loss_thinking"] == steps["sftrl/heldout/heldout/loss_answer"] == {0, 2, 4, 6}
     for k in (1, 2, 4):
-        assert steps[f"sftrl/passk/problems/pass@{k}"] == {4}
-        assert steps[f"sftrl/passk/background/pass@{k}"] == {4}
+        assert steps[f"sftrl/passk/problems/pass@{k}"] == {6}
+        assert steps[f"sftrl/passk/background/pass@{k}"] == {6}
+    for name in ("mean_thinking_tokens", "mean_answer_tokens", "unfinished_thought_rate"):
+        assert steps[f"sftrl/passk/problems/{name}"] == steps[f"sftrl/passk/background/{name}"] == {6}
     assert "sftrl/readiness/rl_start_step" in steps
     expected = {
         (r["name"], r["step"]): r["value"]
@@ -138,16 +176,18 @@ def test_short_sft_run_logs_every_metric_to_jsonl_and_tensorboard(sft_run):
         if isinstance(r["value"], (int, float)) and not isinstance(r["value"], bool)
     }
     board = tracker_readback.tensorboard(str(out / "runs"))
-    for name in ("sftrl/heldout/heldout/loss", "sftrl/passk/problems/pass@4", "sftrl/passk/background/pass@1"):
+    shown = ["sftrl/heldout/heldout/loss", "sftrl/passk/problems/pass@4", "sftrl/passk/background/pass@1"]
+    shown += ["sftrl/heldout/heldout/loss_thinking", "sftrl/passk/problems/mean_thinking_tokens"]
+    for name in shown + ["sftrl/passk/problems/unfinished_thought_rate"]:
         for step in steps[name]:
             assert board[(name, step)] == pytest.approx(expected[(name, step)], rel=1e-6)
     start = json.loads((out / "sftrl" / "rl_start.json").read_text())
-    assert start["step"] == 4 and os.path.isfile(os.path.join(start["path"], "model.safetensors"))
+    assert start["step"] == 6 and os.path.isfile(os.path.join(start["path"], "model.safetensors"))
 
 
-def test_chat_prompt_and_greedy_completion_equal_generate(sft_run, tokenizer, data):
-    model = sft_run[1].model  # after 4 SFT steps its answers are short: the comparison costs little
-    messages = data.heldout_problems["prompt"][:2]
+def test_chat_prompt_and_greedy_completion_equal_generate(sft_run, tokenizer, reasoning_data):
+    model = sft_run[1].model  # after 6 SFT steps it thinks briefly, then answers: the comparison costs little
+    messages = reasoning_data.heldout_problems["prompt"][:2]
     encoded = encode_prompts(tokenizer, messages)
     for m, ids in zip(messages, encoded):
         assert (
@@ -157,12 +197,12 @@ def test_chat_prompt_and_greedy_completion_equal_generate(sft_run, tokenizer, da
             ]
         )
     assert len(encoded[0]) != len(encoded[1])  # the two share a left-padded batch
-    params = SamplingParams(max_new_tokens=112, temperature=0)
+    params = SamplingParams(max_new_tokens=160, temperature=0)
     samples = HFSampler().sample(model, tokenizer, messages, 1, params)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.eval()
     for ids, (completion,) in zip(encoded, samples):
-        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=112)[0, len(ids) :].tolist()
+        out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=160)[0, len(ids) :].tolist()
         assert out[completion.n_tokens] == eos and not completion.truncated  # stopped at the end of the turn
         assert completion.text == tokenizer.decode(out[: completion.n_tokens], skip_special_tokens=True)
         assert tokenizer(completion.text, add_special_tokens=False)["input_ids"] == out[: completion.n_tokens]
@@ -170,6 +210,8 @@ def test_chat_prompt_and_greedy_completion_equal_generate(sft_run, tokenizer, da
 
 
 def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
+    """After 6 steps SmolLM2 thinks in `<think>` blocks; each saved verdict is math-verify's on the text after
+    `</think>`, and a thought the length cap cut off is wrong."""
     from math_verify import parse, verify
 
     out, _, (_, inline, _, _) = sft_run
@@ -180,25 +222,47 @@ def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
             rows = [json.loads(line) for line in f]
         counts = [0] * result.num_problems
         for row in rows:
-            assert "<|im_end|>" not in row["completion"] and "<|im_start|>" not in row["completion"]
-            ok = bool(verify(parse(row["answer"]), parse(row["completion"])))
+            text = row["completion"]
+            assert "<|im_end|>" not in text and "<|im_start|>" not in text
+            closed, opened = "</think>" in text, "<think>" in text
+            assert row["unfinished"] == (opened and not closed)
+            answer = text.rsplit("</think>", 1)[1] if closed else None if opened else text
+            ok = answer is not None and bool(verify(parse(row["answer"]), parse(answer)))
             assert ok == row["correct"]
             counts[row["problem"]] += ok
+        # it thinks first (all 12 samples open with `<think>` here; the model before SFT writes none)
+        assert sum(r["completion"].startswith("<think>") for r in rows) >= 0.75 * len(rows)
         assert counts == result.c_per_problem and len(rows) == sum(result.n_per_problem)
+        cut = [sum(r["truncated"] for r in rows if r["problem"] == i) for i in range(result.num_problems)]
+        assert result.truncated_per_problem == cut
         correct_seen += sum(counts)
     assert correct_seen > 0  # the comparison covered both verdicts
 
 
-def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, data, tmp_path):
+def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, reasoning_data, tmp_path):
     out, _, (_, inline, background, _) = sft_run
     inline_c = {r.step: r.c_per_problem for r in inline.results["problems"]}
-    assert {r.step: r.c_per_problem for r in background.results["background"]} == {4: inline_c[4]}
-    data.heldout_problems.to_json(tmp_path / "problems.jsonl")
-    args = ["eval", str(out / "checkpoint-4"), "--problems", f"problems={tmp_path / 'problems.jsonl'}"]
-    args += ["--verifier", "math-verify", "--n", "4", "--max-new-tokens", "64", "--seed", "1"]
+    assert {r.step: r.c_per_problem for r in background.results["background"]} == {6: inline_c[6]}
+    reasoning_data.heldout_problems.to_json(tmp_path / "problems.jsonl")
+    args = ["eval", str(out / "checkpoint-6"), "--problems", f"problems={tmp_path / 'problems.jsonl'}"]
+    args += ["--verifier", "math-verify", "--verifier-options", "workers=1", "--n", "4", "--max-new-tokens", "96"]
+    args += ["--seed", "1"]
     assert sftrl(args) == 0  # the CLI in this process: the background job above was the second process
-    offline = load_result(str(out / "checkpoint-4" / "sftrl" / "eval_passk_problems.json"))
-    assert offline.c_per_problem == inline_c[4]
+    offline = load_result(str(out / "checkpoint-6" / "sftrl" / "eval_passk_problems.json"))
+    assert offline.c_per_problem == inline_c[6]
+
+
+def test_report_shows_the_thinking_apart_from_the_answer(sft_run):
+    from sftrl_callbacks.report import render_report
+
+    out, _, (_, inline, _, _) = sft_run
+    _, page = render_report(str(out))
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    assert "thinking / answer: tokens, unfinished; held-out loss" in text
+    reasoning = inline.results["problems"][-1].reasoning
+    assert f"{reasoning['mean_thinking_tokens']:.0f} / {reasoning['mean_answer_tokens']:.0f} tokens" in text
+    assert "<details><summary>thinking (" in text  # collapsed above the answer
 
 
 def test_lora_measures_the_adapted_model(smollm2, tokenizer, data, tmp_path):

@@ -8,6 +8,13 @@ assistant turn with a worked solution that ends in `\\boxed{answer}`, so math-ve
     -> "Mia starts with 7 marbles.\\nShe buys 5 more: 7 + 5 = 12.\\nShe gives away 3: 12 - 3 = 9.\\n
         The answer is \\boxed{9}."
 
+With `style="reasoning"` the assistant thinks first, as reasoning models do: the working inside `<think>...</think>`
+(in about a third of the problems a wrong draft answer, `\\boxed{}` included, then a check that corrects it), then
+the answer after the block:
+
+    -> "<think>\nMia starts with 7 marbles.\nShe buys 5 more: 7 + 5 = 12.\n...So the answer is \\boxed{10}.\n
+        Wait, let me check: 12 - 3 = 9, not 10.\n</think>\nThe answer is \\boxed{9}."
+
 A problem is its numbers (start, amounts, answer), whatever the name, item and wording: held-out rows
 and pass@k problems share none with the training rows, so a reworded training problem cannot leak into
 what measures generalization.
@@ -53,6 +60,7 @@ class WordProblem:
     start: int
     amounts: tuple[int, ...]  # signed: a gain or a loss per step
     phrasing: tuple[int, ...]  # which GAIN / LOSS phrase each step uses
+    draft_error: int = 0  # reasoning style: a wrong draft answer this far off, then its correction (0: none)
 
     @property
     def key(self) -> tuple[int, ...]:
@@ -92,9 +100,25 @@ class WordProblem:
         lines.append(f"The answer is \\boxed{{{value}}}.")
         return "\n".join(lines)
 
+    @property
+    def reasoning_solution(self) -> str:
+        """The working inside a thinking block (with a wrong draft and its correction when `draft_error`), then the
+        answer after it."""
+        working = self.solution.split("\n")[:-1]
+        if self.draft_error:
+            last = working[-1].rsplit("= ", 1)[0]
+            working[-1] = f"{last}= {int(self.answer) + self.draft_error}."
+            working.append(f"So the answer is \\boxed{{{int(self.answer) + self.draft_error}}}.")
+            working.append(f"Wait, let me check: {last.split(': ', 1)[-1]}= {self.answer}, not that.")
+        thinking = "\n".join(working)
+        return f"<think>\n{thinking}\n</think>\nThe answer is \\boxed{{{self.answer}}}."
 
-def draw_problem(rng: random.Random, steps: int, max_start: int = 20, max_amount: int = 12) -> WordProblem:
-    """A problem whose running value never goes below zero."""
+
+def draw_problem(
+    rng: random.Random, steps: int, max_start: int = 20, max_amount: int = 12, draft_rate: float = 0.0
+) -> WordProblem:
+    """A problem whose running value never goes below zero; with probability `draft_rate` its reasoning solution
+    drafts a wrong answer first."""
     name, pronoun = rng.choice(NAMES)
     start = rng.randint(2, max_start)
     amounts, value = [], start
@@ -105,10 +129,14 @@ def draw_problem(rng: random.Random, steps: int, max_start: int = 20, max_amount
         amounts.append(x)
         value += x
     phrasing = tuple(rng.randrange(3) for _ in amounts)
-    return WordProblem(name, pronoun, rng.choice(ITEMS), start, tuple(amounts), phrasing)
+    item = rng.choice(ITEMS)
+    draft_error = rng.choice((-2, -1, 1, 2)) if draft_rate and rng.random() < draft_rate else 0
+    return WordProblem(name, pronoun, item, start, tuple(amounts), phrasing, draft_error)
 
 
-def _draw(rng: random.Random, n: int, steps: Sequence[int], taken: set[tuple[int, ...]]) -> list[WordProblem]:
+def _draw(
+    rng: random.Random, n: int, steps: Sequence[int], taken: set[tuple[int, ...]], draft_rate: float = 0.0
+) -> list[WordProblem]:
     def accept(p: WordProblem) -> bool:
         if p.key in taken:
             return False
@@ -116,17 +144,20 @@ def _draw(rng: random.Random, n: int, steps: Sequence[int], taken: set[tuple[int
         return True
 
     def draw() -> WordProblem:
-        return draw_problem(rng, rng.choice(list(steps)))
+        return draw_problem(rng, rng.choice(list(steps)), draft_rate=draft_rate)
 
     return draw_until(n, draw, accept, f"distinct word problems with steps={list(steps)}")
 
 
-def to_conversations(problems: Sequence[WordProblem]) -> Dataset:
-    """SFT rows: conversational prompt (user turn) and completion (assistant turn)."""
+def to_conversations(problems: Sequence[WordProblem], style: str = "plain") -> Dataset:
+    """SFT rows: conversational prompt (user turn) and completion (assistant turn), plain or reasoning."""
     return Dataset.from_dict(
         {
             "prompt": [[{"role": "user", "content": p.question}] for p in problems],
-            "completion": [[{"role": "assistant", "content": p.solution}] for p in problems],
+            "completion": [
+                [{"role": "assistant", "content": p.reasoning_solution if style == "reasoning" else p.solution}]
+                for p in problems
+            ],
         }
     )
 
@@ -148,16 +179,26 @@ def make_word_problem_splits(
     n_heldout_problems: int = 32,
     steps: Sequence[int] = (1, 2, 3),
     seed: int = 0,
+    style: str = "plain",
+    draft_rate: float = 0.3,
 ) -> ToySplits:
     """Train rows, held-out SFT rows (loss) and held-out problems (pass@k), pairwise disjoint by their numbers
-    (`WordProblem.key`).
+    (`WordProblem.key`). `style="reasoning"`: the SFT rows think in a `<think>` block first, a share `draft_rate`
+    of them through a wrong draft answer and its correction.
 
     The held-out sets are drawn first, so they stay the same when `n_train` changes."""
+    if style not in ("plain", "reasoning"):
+        raise ValueError(f"style={style!r}: use 'plain' or 'reasoning'.")
+    if not 0.0 <= draft_rate <= 1.0:
+        raise ValueError(f"draft_rate={draft_rate!r}: must be in [0, 1].")
     rng = random.Random(seed)
+    rate = draft_rate if style == "reasoning" else 0.0
     taken: set[tuple[int, ...]] = set()
-    heldout_sft = _draw(rng, n_heldout_sft, steps, taken)
-    problems = _draw(rng, n_heldout_problems, steps, taken)
-    train = _draw(rng, n_train, steps, taken)
+    heldout_sft = _draw(rng, n_heldout_sft, steps, taken, rate)
+    problems = _draw(rng, n_heldout_problems, steps, taken, rate)
+    train = _draw(rng, n_train, steps, taken, rate)
     return ToySplits(
-        train=to_conversations(train), heldout_sft=to_conversations(heldout_sft), heldout_problems=to_problems(problems)
+        train=to_conversations(train, style),
+        heldout_sft=to_conversations(heldout_sft, style),
+        heldout_problems=to_problems(problems),
     )

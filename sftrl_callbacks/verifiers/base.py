@@ -7,7 +7,8 @@ Optional attributes a verifier may set, read only here (`trait`):
 - `bounded = True`: it limits its own time per completion (worker processes); it is then called directly, without
   `verifier_timeout_s`.
 - `returns_scores = True`: its verdicts are scores (a reward), so every measurement logs their mean and interval
-  (`sftrl/passk/<set>/mean_score`); without it the mean is logged only when a verdict was not 0 / 1.
+  (`sftrl/passk/<set>/mean_score`); without it the mean is logged only by measurements with a verdict other than
+  0 / 1.
 - `reads_answer_region = False`: it gets the whole completion, thinking included, instead of the answer region
   (`RewardFunctionVerifier` by default, as TRL's GRPOTrainer gives completions to reward functions).
 """
@@ -45,9 +46,9 @@ class VerifierOutputError(ValueError):
     """A verifier returned something other than one bool or finite number per completion."""
 
 
-def check_verdicts(verifier: Verifier, verdicts: Any, expected: int) -> tuple[list[float], bool]:
-    """(`verdicts` as scores, 1.0 for True and 0.0 for False; whether any was a number other than 0 / 1), or a
-    `VerifierOutputError` that names the verifier and the fault."""
+def check_verdicts(verifier: Verifier, verdicts: Any, expected: int) -> list[float]:
+    """`verdicts` as scores (1.0 for True, 0.0 for False), or a `VerifierOutputError` that names the verifier and the
+    fault."""
     name = type(verifier).__name__
     if isinstance(verdicts, (str, bytes, Mapping, set)) or not hasattr(verdicts, "__len__"):
         raise VerifierOutputError(
@@ -58,19 +59,16 @@ def check_verdicts(verifier: Verifier, verdicts: Any, expected: int) -> tuple[li
             f"Verifier {name}.check returned {len(verdicts)} verdicts for {expected} completions; "
             "return exactly one bool per completion, in order."
         )
-    scores, graded = [], False
+    scores = []
     for i, verdict in enumerate(verdicts):
-        if isinstance(verdict, (bool, np.bool_)):
+        if isinstance(verdict, (bool, np.bool_, int, float, np.integer, np.floating)) and math.isfinite(verdict):
             scores.append(float(verdict))
-        elif isinstance(verdict, (int, float, np.integer, np.floating)) and math.isfinite(verdict):
-            scores.append(float(verdict))
-            graded = graded or verdict not in (0, 1)
         else:
             raise VerifierOutputError(
                 f"Verifier {name}.check returned {verdict!r} ({type(verdict).__name__}) for completion {i}; "
                 "return True / False or a finite score per completion."
             )
-    return scores, graded
+    return scores
 
 
 class GuardedVerifier:
@@ -87,7 +85,7 @@ class GuardedVerifier:
         self.verifier, self.timeout_s = verifier, timeout_s
         self.name = type(verifier).__name__
         self.timeouts = 0  # completions counted wrong because their call timed out
-        self.graded = trait(verifier, "returns_scores")  # becomes True once a verdict was a score other than 0 / 1
+        self.returns_scores = trait(verifier, "returns_scores")
         self.reads_answer_region = trait(verifier, "reads_answer_region")
         self._stuck: threading.Thread | None = None
 
@@ -95,7 +93,7 @@ class GuardedVerifier:
         if not completions:
             return []
         if self.timeout_s is None or trait(self.verifier, "bounded"):
-            return self._checked(self.verifier.check(completions, rows), len(completions))
+            return check_verdicts(self.verifier, self.verifier.check(completions, rows), len(completions))
         if self._stuck is not None and self._stuck.is_alive():
             self.timeouts += len(completions)
             return [0.0] * len(completions)
@@ -122,12 +120,7 @@ class GuardedVerifier:
             return [0.0] * len(completions)
         if "error" in box:
             raise box["error"]
-        return self._checked(box["verdicts"], len(completions))
-
-    def _checked(self, verdicts: Any, expected: int) -> list[float]:
-        scores, graded = check_verdicts(self.verifier, verdicts, expected)
-        self.graded = self.graded or graded
-        return scores
+        return check_verdicts(self.verifier, box["verdicts"], len(completions))
 
 
 def probe_verifier(verifier: GuardedVerifier, row: Mapping[str, Any], where: str, threshold: float = 1.0) -> None:

@@ -89,7 +89,7 @@ def warn_if_unseen(
     if prompts_opened or any(reasoning.open in c or reasoning.close in c for c in completions):
         return None
     default = (reasoning.open, reasoning.close) == DEFAULT_DELIMITERS
-    tags = sorted({m[0] for c in completions for m in _THINKING_TAG.finditer(c)})
+    tags = list(dict.fromkeys(m[0] for c in completions for m in _THINKING_TAG.finditer(c)))
     if default and not tags:
         return None
     starts = list(dict.fromkeys(c[:40] for c in completions if c))[:3]

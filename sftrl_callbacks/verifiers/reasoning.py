@@ -45,10 +45,13 @@ class ReasoningFormat:
     close: str = DEFAULT_DELIMITERS[1]
 
     def __post_init__(self) -> None:
+        pair = [self.open, self.close]
         if not self.open or not self.close:
-            raise ValueError("reasoning delimiters must be two non-empty strings, e.g. ['<think>', '</think>'].")
+            raise ValueError(
+                f"reasoning_delimiters={pair!r}: give two non-empty strings, e.g. ['<think>', '</think>']."
+            )
         if self.open == self.close:
-            raise ValueError(f"reasoning delimiters {self.open!r} / {self.close!r}: opening and closing must differ.")
+            raise ValueError(f"reasoning_delimiters={pair!r}: the opening and closing delimiters must differ.")
 
     @classmethod
     def from_delimiters(cls, delimiters: Sequence[str] | None) -> ReasoningFormat | None:
