@@ -115,6 +115,7 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     from .measure import measure_pass_at_k
     from .records import heldout_name
     from .sampling import pad_token_id, prompts_that_change
+    from .verifiers.reasoning import ReasoningFormat
 
     inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
@@ -123,10 +124,16 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
     if inputs.heldout or not getattr(inputs.sampler, "reads_checkpoint_folders", False):
         model, tokenizer = load_checkpoint(checkpoint, ns.dtype)
     out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
+    reasoning = ReasoningFormat.from_delimiters(getattr(ns, "reasoning_delimiters", None))  # as HeldOutLossCallback
     for name, rows in inputs.heldout:
-        examples = prepare_examples(rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}")
+        examples = prepare_examples(
+            rows, tokenizer, max_length=ns.max_length, name=f"held-out {name!r}", reasoning=reasoning
+        )
         result = heldout_loss(model, examples, batch_size=ns.batch_size, pad_token_id=pad_token_id(tokenizer))
         out["metrics"][heldout_name(name, "loss")] = result.loss
+        if result.thinking_loss is not None:
+            out["metrics"][heldout_name(name, "loss_thinking")] = result.thinking_loss
+            out["metrics"][heldout_name(name, "loss_answer")] = result.answer_loss
     if inputs.problems and model is None:  # a sampler that reads the folder itself (vLLM)
         model, tokenizer = sampling_source(inputs.sampler, checkpoint, ns.dtype)
     for name, rows in inputs.problems:

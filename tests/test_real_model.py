@@ -240,16 +240,22 @@ def test_counts_agree_with_math_verify_on_the_saved_completions(sft_run):
 
 
 def test_background_and_sftrl_eval_give_the_inline_counts(sft_run, reasoning_data, tmp_path):
-    out, _, (_, inline, background, _) = sft_run
+    out, _, (loss, inline, background, _) = sft_run
     inline_c = {r.step: r.c_per_problem for r in inline.results["problems"]}
     assert {r.step: r.c_per_problem for r in background.results["background"]} == {6: inline_c[6]}
     reasoning_data.heldout_problems.to_json(tmp_path / "problems.jsonl")
+    reasoning_data.heldout_sft.to_json(tmp_path / "heldout.jsonl")
     args = ["eval", str(out / "checkpoint-6"), "--problems", f"problems={tmp_path / 'problems.jsonl'}"]
+    args += ["--heldout", f"heldout={tmp_path / 'heldout.jsonl'}", "--max-length", "512"]
     args += ["--verifier", "math-verify", "--verifier-options", "workers=1", "--n", "4", "--max-new-tokens", "96"]
     args += ["--seed", "1"]
     assert sftrl(args) == 0  # the CLI in this process: the background job above was the second process
     offline = load_result(str(out / "checkpoint-6" / "sftrl" / "eval_passk_problems.json"))
     assert offline.c_per_problem == inline_c[6]
+    logged = json.loads((out / "checkpoint-6" / "sftrl" / "eval.json").read_text())["metrics"]
+    for part in ("loss", "loss_thinking", "loss_answer"):  # the held-out loss by class, as the callback logged it
+        during = dict(loss.history[f"sftrl/heldout/heldout/{part}"])[6]
+        assert logged[f"sftrl/heldout/heldout/{part}"] == pytest.approx(during, rel=1e-4)
 
 
 def test_report_shows_the_thinking_apart_from_the_answer(sft_run):

@@ -81,9 +81,10 @@ def test_every_completion_is_kept_and_a_table_reaches_the_trackers(run):
         assert len(rows) == sum(result["n_per_problem"]) == 6 * 4
         assert sum(r["correct"] for r in rows) == sum(result["c_per_problem"])
         assert {r["step"] for r in rows} == {step} and {r["set"] for r in rows} == {"heldout"}
-        assert set(rows[0]) >= {"problem", "prompt", "answer", "completion", "correct", "tokens", "truncated"}
+        assert set(rows[0]) >= {"problem", "prompt", "answer", "completion", "correct", "score", "tokens", "truncated"}
         first = result["examples"][0]["completions"][0]
-        assert first == {k: rows[0][k] for k in ("completion", "correct", "tokens", "truncated")}
+        assert set(first) >= {"completion", "correct", "score", "tokens", "truncated", "thinking_tokens", "unfinished"}
+        assert first == {k: rows[0][k] for k in first}
     if "wandb" in INSTALLED:
         rows = wandb_offline.history(wandb_offline.run_file(out))
         tables = {(r["train/global_step"], r.get("sftrl/passk/heldout/completions/_type")) for r in rows}

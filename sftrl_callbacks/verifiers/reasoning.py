@@ -55,8 +55,9 @@ class ReasoningFormat:
 
     @classmethod
     def from_delimiters(cls, delimiters: Sequence[str] | None) -> ReasoningFormat | None:
-        """A format from a config's `reasoning_delimiters` ([open, close]; None or [] means plain completions)."""
-        if not delimiters:
+        """A format from a config's `reasoning_delimiters` ([open, close]; None, [] or [None] - `none` on the command
+        line - mean plain completions)."""
+        if not delimiters or list(delimiters) == [None]:
             return None
         if len(delimiters) != 2 or not all(isinstance(d, str) for d in delimiters):
             raise ValueError(
