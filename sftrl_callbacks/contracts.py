@@ -307,6 +307,10 @@ class PassAtKResult:
     wall_time_s: float
     examples: list[dict[str, Any]]
     verifier_timeouts: int = 0  # completions counted wrong because the verifier timed out
+    # the other sampling settings that change the numbers (None in files written before they were recorded)
+    top_k: int | None = None
+    stop_strings: list[str] | None = None
+    seed: int | None = None
     truncated_per_problem: list[int] | None = None  # of each problem's samples, how many hit max_new_tokens
     # with a reasoning format: its delimiters, how many prompts opened the block, mean thinking / answer tokens, the
     # share of completions that ended inside a thought, and how many completions held a delimiter at all
@@ -353,6 +357,11 @@ class PassAtKResult:
             if self.allocation == "uniform"
             else f"dynamic, {sum(self.n_per_problem)} total",
             "temperature": self.temperature,
+            "top_p": self.top_p,
+            **({"top_k": self.top_k} if self.top_k else {}),
+            **({"stop_strings": self.stop_strings} if self.stop_strings else {}),
+            "max_new_tokens": self.max_new_tokens,
+            "seed": self.seed,
             "num_problems": self.num_problems,
             "sampler": self.sampler,
             "verifier": self.verifier,

@@ -43,11 +43,24 @@ def test_callback_in_real_training_json_agrees_with_logged_metrics(logged_run):
 
 
 def test_dynamic_allocation_and_time_budget(trained, tokenizer, splits):
-    config = PassAtKConfig(n=8, allocation="dynamic", initial_n=4, max_new_tokens=40, extrapolate_ks=[32])
+    config = PassAtKConfig(
+        n=8,
+        allocation="dynamic",
+        initial_n=4,
+        max_n_per_problem=10,
+        max_new_tokens=40,
+        extrapolate_ks=[32],
+        save_completions=True,
+    )
     result = measure_pass_at_k(trained, tokenizer, splits.heldout_problems, StepVerifier(), config)
     n, c = np.array(result.n_per_problem), np.array(result.c_per_problem)
-    assert n.min() >= 4 and n.sum() <= 8 * len(n)
+    assert n.min() >= 4 and n.sum() <= 8 * len(n) and n.max() <= 10  # the budget and the cap
     assert np.all(n[c > 0] >= 4)
+    # extra rounds go only to problems whose first round (their first 4 samples) solved nothing
+    by_problem = [[r["correct"] for r in result.completions if r["problem"] == i] for i in range(len(n))]
+    assert [len(v) for v in by_problem] == n.tolist()
+    assert all(not any(v[:4]) for v in by_problem if len(v) > 4)
+    assert (n > 4).any() and (c[n == 4] > 0).all()  # both kinds occur, and a solved problem got no more
     assert set(result.pass_at_k) == {1, 2, 4} and {8, 32} <= set(result.extrapolated)
     assert "beta-binomial" in result.extrapolated[32]["method"]
     budget = PassAtKConfig(n=4, max_new_tokens=40, time_budget_s=0.0)
@@ -76,4 +89,4 @@ def test_json_is_plain_and_reloadable(tmp_path, trained, tokenizer, splits):
     path = tmp_path / "r.json"
     result.save(str(path))
     assert json.loads(path.read_text())["c_per_problem"] == result.c_per_problem
-    assert load_result(str(path)).pass_at_k == result.pass_at_k
+    assert load_result(str(path)) == result  # every field, the intervals, examples and reasoning summary included

@@ -2,6 +2,7 @@
 import no torch."""
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -144,7 +145,12 @@ def test_report_to_entries_without_a_sink_are_named_in_one_warning(caplog):
 
 def test_the_public_names_users_need_are_exported():
     import sftrl_callbacks
+    from sftrl_callbacks import _WHERE
 
-    for name in ("Completion", "Table", "Image", "register_verifier", "load_result", "Sampler", "MetricSink"):
-        assert name in sftrl_callbacks.__all__ and getattr(sftrl_callbacks, name) is not None
+    assert {"Completion", "Table", "Image", "register_verifier", "load_result", "Sampler", "MetricSink"} <= set(
+        sftrl_callbacks.__all__
+    )
+    for name in sftrl_callbacks.__all__:  # each one imports, and is its canonical module's own object
+        value = getattr(sftrl_callbacks, name)
+        assert callable(value) and value is getattr(importlib.import_module(f"sftrl_callbacks.{_WHERE[name]}"), name)
     assert not [n for n in sftrl_callbacks.__all__ if n.endswith("Sink") and n not in ("JsonlSink", "MetricSink")]
