@@ -19,9 +19,9 @@ import time
 import numpy as np
 import torch
 
+from sftrl_callbacks.hf_sampler import HFSampler
 from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k
 from sftrl_callbacks.passk import pass_at_k_curve
-from sftrl_callbacks.sampling import HFSampler
 from sftrl_callbacks.toy import StepVerifier, build_model, build_tokenizer, make_splits
 
 MAX_NEW = 48

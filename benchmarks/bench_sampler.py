@@ -27,8 +27,9 @@ import time
 
 import torch
 
+from sftrl_callbacks.contracts import SamplingParams
 from sftrl_callbacks.demo import machine_summary
-from sftrl_callbacks.sampling import HFSampler, SamplingParams
+from sftrl_callbacks.hf_sampler import HFSampler
 from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits
 
 
@@ -129,7 +130,7 @@ def main() -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from sftrl_callbacks.pretrained import smollm2_checkpoint
-        from sftrl_callbacks.sampling import render_prompts
+        from sftrl_callbacks.prompts import render_prompts
         from sftrl_callbacks.toy.word_problems import make_word_problem_splits
 
         path = smollm2_checkpoint()
@@ -165,7 +166,7 @@ def main() -> None:
         ),
     }
     if "vllm" in ns.sampler:
-        from sftrl_callbacks.sampling import encode_prompts
+        from sftrl_callbacks.prompts import encode_prompts
         from sftrl_callbacks.vllm_sampler import VLLMSampler
 
         longest = max(len(ids) for ids in encode_prompts(tokenizer, prompts))

@@ -25,9 +25,10 @@ _WHERE = {
     "pass_at_k": "passk",
     "pass_at_k_curve": "passk",
     "Completion": "contracts",
-    "HFSampler": "sampling",
+    "HFSampler": "hf_sampler",
     "Sampler": "contracts",
     "SamplingParams": "contracts",
+    "register_sampler": "contracts",
     "Image": "sinks",
     "JsonlSink": "sinks",
     "MetricSink": "sinks",
@@ -64,10 +65,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RLReadinessCallback,
         RLReadinessConfig,
     )
-    from .contracts import Completion, PassAtKConfig, PassAtKResult, Sampler, SamplingParams, load_result  # noqa: F401
+    from .contracts import (  # noqa: F401
+        Completion,
+        PassAtKConfig,
+        PassAtKResult,
+        Sampler,
+        SamplingParams,
+        load_result,
+        register_sampler,
+    )
+    from .hf_sampler import HFSampler  # noqa: F401
     from .measure import measure_pass_at_k  # noqa: F401
     from .passk import bootstrap_ci, extrapolate_pass_at_k, pass_at_k, pass_at_k_curve  # noqa: F401
-    from .sampling import HFSampler  # noqa: F401
     from .sinks import Image, JsonlSink, MetricSink, Table  # noqa: F401
     from .verifiers import (  # noqa: F401
         AnswerVerifier,

@@ -33,7 +33,8 @@ from datasets import Dataset
 
 from . import layout
 from .checkpoints import link_copy, sampling_source
-from .contracts import PassAtKConfig, PassAtKResult, load_result, make_sampler
+from .checks import keyword_options
+from .contracts import PassAtKConfig, PassAtKResult, load_result, make_sampler, sampler_factory
 from .io import atomic_file, write_json_atomic
 from .records import file_safe
 from .verifiers import VERIFIERS, make_verifier
@@ -151,6 +152,7 @@ class BackgroundPassAtK:
             "tokenizer": self._tokenizer_file,
             "verifier": self.verifier,
             "verifier_module": VERIFIERS[self.verifier].__module__,  # imported by the worker: it registers the name
+            "sampler_module": sampler_factory(self.config.sampler).__module__,
             "config": {f.name: getattr(self.config, f.name) for f in fields(PassAtKConfig)},  # what to sample
             "device": self.device,
             "output_dir": self.output_dir,  # where save_completions writes
@@ -191,7 +193,7 @@ def hand_over_tokenizer(tokenizer: Any, prompts: list, path: str) -> str:
     """Pickle `tokenizer` to `path` for the background process and return `path`, after checking that the copy
     it will load renders, encodes and decodes `prompts` exactly as `tokenizer` does; a one-line ValueError
     refusing background mode otherwise."""
-    from .sampling import encode_prompts
+    from .prompts import encode_prompts
 
     refusal = "PassAtKCallback(background=True) cannot hand the trainer's tokenizer to its background process"
     try:
@@ -224,12 +226,17 @@ def serve(spec_path: str) -> None:
     with open(spec_path, encoding="utf-8") as f:
         spec: dict[str, Any] = json.load(f)
     all_threads = torch.get_num_threads()
-    config = PassAtKConfig(**spec["config"])
+    # The modules that register the verifier and the sampler by name, before a config or factory names them.
     importlib.import_module(spec["verifier_module"])
+    importlib.import_module(spec["sampler_module"])
+    config = PassAtKConfig(**spec["config"])
     verifier = make_verifier(spec["verifier"], config.verifier_options, config.answer_column)
     with open(spec["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
-    sampler = make_sampler(config.sampler, {"show_progress": False, **config.sampler_options})
+    options = dict(config.sampler_options)
+    if "show_progress" in keyword_options(sampler_factory(config.sampler))[0]:
+        options.setdefault("show_progress", False)  # a worker's log is no terminal
+    sampler = make_sampler(config.sampler, options)
     problems = {name: load_dataset("json", data_files=path, split="train") for name, path in spec["problems"].items()}
     for line in sys.stdin:
         job = json.loads(line)

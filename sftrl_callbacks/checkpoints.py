@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 from .checks import first_line
+from .contracts import sampler_hook
 from .io import atomic_folder
 
 
@@ -131,6 +132,6 @@ def sampling_source(sampler: Any, path: str, dtype: str, device: str | None = No
     """(what `sampler` samples, tokenizer) for a saved checkpoint: the folder itself for a sampler that reads
     checkpoint folders (vLLM loads them without a second copy in memory), else the loaded model. A PEFT adapter
     folder is always loaded on its base model (vLLM would read only the base)."""
-    if getattr(sampler, "reads_checkpoint_folders", False) and not check_checkpoint(path):
+    if sampler_hook(sampler, "reads_checkpoint_folders") and not check_checkpoint(path):
         return path, load_tokenizer(path) if tokenizer is None else tokenizer
     return load_checkpoint(path, dtype, device, tokenizer=tokenizer)

@@ -7,8 +7,10 @@ nonsense) hours later inside a training run.
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, Union
 
@@ -81,3 +83,25 @@ def first_line(err: BaseException) -> str:
     """The first non-empty line of an error's message (its type name when it has none): one-line errors."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def keyword_options(factory: Callable[..., Any]) -> tuple[set[str], bool]:
+    """(the keyword options `factory` takes, whether it takes any keyword: a `**kwargs`)."""
+    parameters = inspect.signature(factory).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = {p.name for p in parameters if p.kind in kinds}
+    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def check_options(kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any] | None) -> None:
+    """Raise, naming the `kind` ("Sampler", "Verifier"), its registered `name` and what it takes, when `options`
+    has a keyword `factory` does not take (before anything is built: a misspelt option fails at construction)."""
+    if not options:
+        return
+    named, any_keyword = keyword_options(factory)
+    unknown = sorted(set(options) - named)
+    if unknown and not any_keyword:
+        raise ValueError(
+            f"{kind} {name!r} takes no option {', '.join(map(repr, unknown))}; it takes: "
+            f"{', '.join(sorted(named)) or 'none'}."
+        )

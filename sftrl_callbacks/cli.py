@@ -73,7 +73,8 @@ class _EvalInputs:
 
     def __init__(self, ns: argparse.Namespace) -> None:
         from . import toy  # noqa: F401  (registers the toy world's "toy-steps" verifier)
-        from .contracts import PassAtKConfig, make_sampler
+        from .checks import keyword_options
+        from .contracts import PassAtKConfig, make_sampler, sampler_factory
         from .heldout import check_columns
         from .measure import check_problems
         from .verifiers import GuardedVerifier, make_verifier, probe_verifier
@@ -87,7 +88,7 @@ class _EvalInputs:
         if ns.problems:
             self.config = config_from_flags(ns, PassAtKConfig, skip=EVAL_SKIPS)
             options = dict(self.config.sampler_options)
-            if self.config.sampler == "hf":
+            if "max_batch_rows" in keyword_options(sampler_factory(self.config.sampler))[0]:
                 options.setdefault("max_batch_rows", ns.max_batch_rows)
             self.sampler = make_sampler(self.config.sampler, options)  # one for every checkpoint: vLLM's engine
             verifier = make_verifier(ns.verifier, self.config.verifier_options, self.config.answer_column)
@@ -110,18 +111,19 @@ def _in_file(spec: str, check, *args) -> None:
 
 def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalInputs | None = None) -> dict:
     """Held-out loss and pass@k of one saved checkpoint, through the callbacks' own code paths."""
+    from .contracts import sampler_hook
     from .heldout import heldout_loss, prepare_examples
     from .io import write_json_atomic
     from .measure import measure_pass_at_k
+    from .prompts import pad_token_id, prompts_that_change
     from .records import heldout_name
-    from .sampling import pad_token_id, prompts_that_change
     from .verifiers.reasoning import ReasoningFormat
 
     inputs = inputs or _EvalInputs(ns)
     match = re.search(r"(\d+)$", os.path.normpath(checkpoint))  # checkpoint-<step>
     step = int(match[1]) if match else None
     model, tokenizer = None, None
-    if inputs.heldout or not getattr(inputs.sampler, "reads_checkpoint_folders", False):
+    if inputs.heldout or not sampler_hook(inputs.sampler, "reads_checkpoint_folders"):
         model, tokenizer = load_checkpoint(checkpoint, ns.dtype)
     out = {"checkpoint": checkpoint, "step": step, "metrics": {}}
     reasoning = ReasoningFormat.from_delimiters(getattr(ns, "reasoning_delimiters", None))  # as HeldOutLossCallback
@@ -136,6 +138,8 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
             out["metrics"][heldout_name(name, "loss_answer")] = result.answer_loss
     if inputs.problems and model is None:  # a sampler that reads the folder itself (vLLM)
         model, tokenizer = sampling_source(inputs.sampler, checkpoint, ns.dtype)
+    if inputs.problems:
+        sampler_hook(inputs.sampler, "check_model")(model)
     for name, rows in inputs.problems:
         prompts = inputs.config.used_prompts(rows)
         changed = prompts_that_change(tokenizer, prompts)
@@ -260,8 +264,8 @@ def build_parser(with_eval_flags: bool = True) -> argparse.ArgumentParser:
         "--max-batch-rows",
         type=int,
         default=1024,
-        help="HFSampler's sequences sampled together (memory only: each problem's samples are seeded by the "
-        "problem); other samplers take their options from --sampler-options",
+        help="sequences sampled together, for samplers that take max_batch_rows (HFSampler: memory only, each "
+        "problem's samples are seeded by the problem); other options go in --sampler-options",
     )
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     if with_eval_flags:  # its flags are made only for the verb that uses them

@@ -13,11 +13,11 @@ import gzip
 import importlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .checks import check_types, require
+from .checks import check_options, check_types, require
 from .io import atomic_file, write_json_atomic
 from .passk import default_ks
 from .records import PassAtKRecord
@@ -26,9 +26,10 @@ from .verifiers.reasoning import DEFAULT_DELIMITERS, ReasoningFormat
 if TYPE_CHECKING:
     from datasets import Dataset
 
-# name -> "module:class" of the samplers a config can name; imported on first use (vLLM is optional).
-SAMPLERS = {
-    "hf": "sftrl_callbacks.sampling:HFSampler",
+# name -> the factory of each sampler a config can name: the built-ins as "module:class", imported on first use
+# (vLLM is optional); others added with `register_sampler`.
+SAMPLERS: dict[str, str | Callable[..., Any]] = {
+    "hf": "sftrl_callbacks.hf_sampler:HFSampler",
     "vllm": "sftrl_callbacks.vllm_sampler:VLLMSampler",
 }
 
@@ -71,6 +72,46 @@ class Completion:
     truncated: bool  # hit max_new_tokens before EOS or a stop string
 
 
+class SamplerHooks:
+    """The optional parts of a sampler, with their defaults: a sampler may subclass this or define only what it
+    needs (`Sampler` itself asks for `sample` alone). The library reads them through `sampler_hook`."""
+
+    #: what made a measurement, recorded in every result (e.g. the engine and its version); None: the class name
+    description: str | None = None
+    #: most rows (prompts x samples) one `sample` call is given; the measurement cuts its problems to fit
+    max_batch_rows: int = 1024
+    #: False for a sampler with weights of its own (an engine): the trained model's forwards are not run, so
+    #: sharded parameters need neither gathering nor ranks in step while it samples
+    runs_model_forwards: bool = True
+    #: True: `sftrl eval` and background jobs pass a checkpoint folder as `model` instead of a loaded model
+    reads_checkpoint_folders: bool = False
+    #: the most positions the sampler itself can hold (an engine's `max_model_len`), checked like the model's own
+    #: context against the longest prompt plus `max_new_tokens`; None: only the model's context counts
+    context_limit: int | None = None
+
+    def check_model(self, model: Any) -> None:
+        """At train start (and in `sftrl eval` before the first checkpoint): raise a one-line `ValueError` naming the
+        cause and the way out for a model this sampler cannot run (an architecture or head size its engine does not
+        support here), so it fails before step 1 rather than at a measurement."""
+
+    def prepare(self, model: Any) -> None:
+        """Once per measurement, before its first `sample` call, on every rank: take the weights of `model`."""
+
+    def release(self) -> None:
+        """Once per measurement, after its last `sample` call (also when sampling failed): give memory back."""
+
+
+def sampler_hook(sampler: Any, name: str) -> Any:
+    """`sampler`'s optional hook or setting `name` (see `SamplerHooks`), or its default (a method that does nothing
+    for `prepare` / `release`)."""
+    if not hasattr(SamplerHooks, name):
+        raise AttributeError(f"{name!r} is not a sampler hook: see SamplerHooks")
+    value = getattr(sampler, name, None)
+    if value is not None:
+        return value
+    return getattr(SamplerHooks(), name)  # bound, so the default methods are callable as the sampler's own
+
+
 @runtime_checkable
 class Sampler(Protocol):
     def sample(
@@ -85,23 +126,45 @@ class Sampler(Protocol):
 
         `model` is the model being trained (a `PreTrainedModel`, possibly wrapped by PEFT / DDP / FSDP) or, for a
         sampler with `reads_checkpoint_folders = True`, a saved checkpoint's folder (`sftrl eval`, background
-        jobs). `tokenizer` is the trainer's: prompts are token ids it makes (`sampling.encode_prompts`), and a
+        jobs). `tokenizer` is the trainer's: prompts are token ids it makes (`prompts.encode_prompts`), and a
         `Completion`'s text is its decoding of the tokens before EOS, keeping a stop string that ended it. A
         sampler may say what it is in `description` (e.g. its engine's version): results record it."""
         ...
 
 
-def make_sampler(name: str, options: dict[str, Any] | None = None) -> Sampler:
-    """The built-in sampler called `name` (a key of `SAMPLERS`), made with `options` as keywords."""
+def register_sampler(name: str, factory: Callable[..., Sampler]) -> None:
+    """Let `PassAtKConfig(sampler=name)` - so `PassAtKCallback(sampler=name)`, YAML recipes, background jobs and
+    `sftrl eval --sampler name` - build `factory(**sampler_options)`. A background job imports the factory's module
+    to find it, so register it at the top level of an importable module."""
+    if not name or not callable(factory):
+        raise ValueError("register_sampler(name, factory) needs a non-empty name and a callable factory.")
+    SAMPLERS[name] = factory
+
+
+def sampler_factory(name: str) -> Callable[..., Sampler]:
+    """The factory registered as `name` (a built-in's module is imported here)."""
     if name not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {name!r}: use one of {sorted(SAMPLERS)} or pass a Sampler object.")
-    module, cls = SAMPLERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**(options or {}))
+        raise ValueError(
+            f"Unknown sampler {name!r}: use one of {sorted(SAMPLERS)}, register yours with register_sampler, or "
+            "pass a Sampler object."
+        )
+    factory = SAMPLERS[name]
+    if isinstance(factory, str):
+        module, cls = factory.split(":")
+        factory = getattr(importlib.import_module(module), cls)
+    return factory
+
+
+def make_sampler(name: str, options: dict[str, Any] | None = None) -> Sampler:
+    """The sampler registered as `name`, made with `options` as keywords, checked against its factory first."""
+    factory = sampler_factory(name)
+    check_options("Sampler", name, factory, options)
+    return factory(**(options or {}))
 
 
 def describe_sampler(sampler: Any) -> str:
     """What made a measurement: the sampler's own `description` (engine and version) or its class name."""
-    return str(getattr(sampler, "description", None) or type(sampler).__name__)
+    return str(sampler_hook(sampler, "description") or type(sampler).__name__)
 
 
 @dataclass
@@ -126,17 +189,17 @@ class PassAtKConfig:
     sampler: str = field(
         default="hf",
         metadata={
-            "help": "Which built-in sampler draws the completions: 'hf' (HFSampler, the library's own batched decode "
-            "loop) or 'vllm' (VLLMSampler: vLLM's engine, installed apart). A Sampler object passed to "
-            "PassAtKCallback(sampler=...) replaces it."
+            "help": "Which registered sampler draws the completions: 'hf' (HFSampler, the library's own batched "
+            "decode loop), 'vllm' (VLLMSampler: vLLM's engine, installed apart) or one added with register_sampler. "
+            "A Sampler object passed to PassAtKCallback(sampler=...) replaces it."
         },
     )
     sampler_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={
-            "help": "Keywords for the named sampler, e.g. {'max_batch_rows': 512} for 'hf'; for 'vllm' its engine "
-            "options: gpu_memory_utilization, max_model_len, enforce_eager, dtype, tensor_parallel_size, ... "
-            "(docs/pass-at-k.md)."
+            "help": "Keywords for the named sampler, checked against its factory when it is made, e.g. "
+            "{'max_batch_rows': 512} for 'hf'; for 'vllm' its engine options: gpu_memory_utilization, "
+            "max_model_len, enforce_eager, dtype, tensor_parallel_size, ... (docs/pass-at-k.md)."
         },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
@@ -225,7 +288,7 @@ class PassAtKConfig:
             self.temperature > 0 or self.n == 1,
             "must be > 0 (0 is greedy: all n samples would be the same and pass@k would equal pass@1)",
         )
-        require(self, "sampler", self.sampler in SAMPLERS, f"use one of {sorted(SAMPLERS)}")
+        require(self, "sampler", self.sampler in SAMPLERS, f"use one of {sorted(SAMPLERS)} (or register_sampler)")
         require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
         require(self, "top_k", self.top_k >= 0, "must be >= 0 (0 = off)")
         require(self, "max_new_tokens", self.max_new_tokens >= 1, "must be >= 1")

@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass
 
 from . import layout
+from .contracts import SamplingParams
+from .hf_sampler import HFSampler
 from .records import heldout_name, parse_name
-from .sampling import HFSampler, SamplingParams
 from .toy import build_model, build_tokenizer, final_answer, make_splits
 from .trackers import is_wandb_available
 

@@ -16,11 +16,18 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from .contracts import PassAtKConfig, PassAtKResult, Sampler, describe_sampler, load_result, make_sampler
+from .contracts import (
+    PassAtKConfig,
+    PassAtKResult,
+    Sampler,
+    describe_sampler,
+    load_result,
+    make_sampler,
+    sampler_hook,
+)
 from .distributed import Shard
 from .passk import bootstrap_ci, bootstrap_mean_ci, extrapolate_pass_at_k, pass_at_k_curve
-from .sampling import encode_prompts, render_prompts
-from .streams import prompt_seeds
+from .prompts import encode_prompts, prompt_seeds, render_prompts
 from .verifiers import GuardedVerifier, Verifier
 from .verifiers.grading import describe_delimiter_tokens, grade, warn_if_unseen
 
@@ -71,29 +78,45 @@ def context_length(model: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def check_prompts_fit(model: Any, tokenizer: Any, problems: Dataset, config: PassAtKConfig, name: str) -> None:
+def check_prompts_fit(
+    model: Any, tokenizer: Any, problems: Dataset, config: PassAtKConfig, name: str, sampler: Any = None
+) -> None:
     """Raise when a prompt cannot be rendered (chat messages, no chat template); warn when the longest prompt plus
     `max_new_tokens` runs past the model's context, where a long completion would be sampled at positions the
-    model was not trained for (garbage, or an index error with learned position embeddings)."""
+    model was not trained for (garbage, or an index error with learned position embeddings), or past the sampler's
+    own (an engine's `max_model_len`), where completions would be cut and counted wrong."""
     prompts = config.used_prompts(problems)
     try:
         lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
     except ValueError as err:
         raise ValueError(f"Problem set {name!r}: {err}") from err
-    limit = context_length(model)
     longest = max(lengths)
-    if limit is not None and longest + config.max_new_tokens > limit:
-        logger.warning(
-            "sftrl: problem set %r: its longest prompt (%d tokens) plus max_new_tokens=%d is %d, past the model's "
-            "context of %d positions: long completions would be sampled where the model was not trained; lower "
-            "max_new_tokens to at most %d or shorten the prompts",
-            name,
-            longest,
-            config.max_new_tokens,
-            longest + config.max_new_tokens,
-            limit,
-            max(limit - longest, 0),
-        )
+    limits = [
+        (
+            context_length(model),
+            "the model's context",
+            "long completions would be sampled where the model was not trained",
+        ),
+        (
+            sampler_hook(sampler, "context_limit") if sampler is not None else None,
+            f"the sampler's context ({describe_sampler(sampler)}: max_model_len)",
+            "the engine would cut completions there, counted wrong",
+        ),
+    ]
+    for limit, whose, what in limits:
+        if limit is not None and longest + config.max_new_tokens > limit:
+            logger.warning(
+                "sftrl: problem set %r: its longest prompt (%d tokens) plus max_new_tokens=%d is %d, past %s of %d "
+                "positions: %s; lower max_new_tokens to at most %d or shorten the prompts",
+                name,
+                longest,
+                config.max_new_tokens,
+                longest + config.max_new_tokens,
+                whose,
+                limit,
+                what,
+                max(limit - longest, 0),
+            )
 
 
 def explain_reasoning_format(tokenizer: Any, problems: dict[str, Dataset], config: PassAtKConfig) -> None:
@@ -147,8 +170,9 @@ def measure_pass_at_k(
     """
     if not checked:  # PassAtKCallback checked its sets once, at construction and at train start
         check_problems(problems, config, dataset_name)
-        check_prompts_fit(model, tokenizer, problems, config, dataset_name)
     sampler = sampler or make_sampler(config.sampler, config.sampler_options)
+    if not checked:
+        check_prompts_fit(model, tokenizer, problems, config, dataset_name, sampler)
     shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
         verifier = GuardedVerifier(verifier, config.verifier_timeout_s)
@@ -163,14 +187,12 @@ def measure_pass_at_k(
         opened = [reasoning.prompt_opens_block(text) for text in rendered]
     draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline, opened)
 
-    prepare, release = getattr(sampler, "prepare", None), getattr(sampler, "release", None)
-    if prepare is not None:  # a sampler with weights of its own (vLLM) takes the model's now, on every rank
-        shard.run("preparing the sampler", prepare, model)
+    # a sampler with weights of its own (vLLM) takes the model's now, on every rank
+    shard.run("preparing the sampler", sampler_hook(sampler, "prepare"), model)
     try:
         tallies, counts_n, counts_c, first_round_c, rows = _sample_rounds(draw, rows, config, shard, deadline)
     finally:
-        if release is not None:
-            release()
+        sampler_hook(sampler, "release")()
     tokens = [x for t in tallies for x in t.tokens]
     truncated = [x for t in tallies for x in t.truncated]
     kept = [t.kept for t in tallies]
@@ -369,11 +391,11 @@ class _Draw:
         chunks, after its first.
         """
         mine = self.shard.mine(range(len(problems)))
-        size = max(1, getattr(self.sampler, "max_batch_rows", 1024) // max(counts, default=1))
+        size = max(1, sampler_hook(self.sampler, "max_batch_rows") // max(counts, default=1))
         chunks = [mine[lo : lo + size] for lo in range(0, len(mine), size)]
         # A sampler that does not run the model's forwards (vLLM's engine holds its own copy of the weights) needs
         # neither the forwards in step nor the whole parameters.
-        forwards = getattr(self.sampler, "runs_model_forwards", True)
+        forwards = sampler_hook(self.sampler, "runs_model_forwards")
         parts = self.shard.run(
             "pass@k sampling",
             self._draw,

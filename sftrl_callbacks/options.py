@@ -97,7 +97,7 @@ def reference_table(config_cls: type) -> str:
 def reference_page() -> str:
     """docs/configuration.md: every config's fields, from the dataclasses themselves."""
     from .callbacks import HeldOutLossConfig, PassAtKCallbackConfig, RLReadinessConfig
-    from .sampling import SamplingParams
+    from .contracts import SamplingParams
 
     configs = [
         (HeldOutLossConfig, "`HeldOutLossCallback(datasets, config=None, sinks=(), **fields)`"),

@@ -114,10 +114,12 @@ def _load(output_dir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"No {path}: is {output_dir} the output_dir of a run with sftrl callbacks?")
     series: dict[str, dict[int, float]] = defaultdict(dict)
-    flags = []
+    flags, failures = [], []
     for r in read_jsonl(path):
         if r["name"].startswith("sftrl/readiness/flag/"):
             flags.append(r)
+        elif r["name"].startswith("sftrl/failure/"):
+            failures.append(r)
         elif isinstance(r.get("value"), (int, float)):
             series[r["name"]][int(r["step"])] = float(r["value"])
     results: dict[str, dict[int, dict]] = defaultdict(dict)  # set -> step -> the measurement's JSON
@@ -129,7 +131,7 @@ def _load(output_dir: str) -> dict:
     if os.path.exists(layout.rl_start_path(output_dir)):
         with open(layout.rl_start_path(output_dir), encoding="utf-8") as f:
             rl_start = json.load(f)
-    return {"series": series, "flags": flags, "results": results, "rl_start": rl_start}
+    return {"series": series, "flags": flags, "failures": failures, "results": results, "rl_start": rl_start}
 
 
 def _interval(result: Mapping[str, Any] | None, k: int) -> tuple[float, float, float] | None:
@@ -378,7 +380,23 @@ def _page(output_dir: str, data: Mapping[str, Any], png: str, large_k: int | Non
         f"<img alt='sftrl report' style='width:100%' src='data:image/png;base64,{encoded}'>"
         "<h2>Flags</h2><table border=1 cellpadding=4><tr><th>confirmed at</th><th>flag</th><th>began at</th>"
         f"<th>detail</th></tr>{flag_rows or '<tr><td colspan=4>none</td></tr>'}</table>"
+        f"{_failures_html(data['failures'])}"
         f"{_completions_html(data)}</body>"
+    )
+
+
+def _failures_html(failures: Sequence[Mapping[str, Any]]) -> str:
+    """The monitors' failures (each also an event in metrics.jsonl and the trackers): none means no section."""
+    if not failures:
+        return ""
+    cells = [
+        (f["step"], f.get("callback", ""), f.get("sampler", ""), f.get("error", f.get("detail"))) for f in failures
+    ]
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in cells)
+    return (
+        f"<h2>Failures ({len(failures)})</h2><p>Training went on; these measurements or steps are missing from the "
+        "figures above.</p><table border=1 cellpadding=4><tr><th>step</th><th>callback</th><th>sampler</th>"
+        f"<th>error</th></tr>{rows}</table>"
     )
 
 

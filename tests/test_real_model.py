@@ -12,10 +12,12 @@ import torch
 
 from sftrl_callbacks import HeldOutLossCallback, PassAtKCallback, RLReadinessCallback
 from sftrl_callbacks.cli import main as sftrl
+from sftrl_callbacks.contracts import SamplingParams
 from sftrl_callbacks.heldout import examples_from_trainer_args, heldout_loss, prepare_examples
+from sftrl_callbacks.hf_sampler import HFSampler
 from sftrl_callbacks.io import read_jsonl
 from sftrl_callbacks.measure import PassAtKConfig, check_prompts_fit, load_result, measure_pass_at_k
-from sftrl_callbacks.sampling import HFSampler, SamplingParams, encode_prompts, pad_token_id
+from sftrl_callbacks.prompts import encode_prompts, pad_token_id
 from sftrl_callbacks.toy.word_problems import make_word_problem_splits
 from sftrl_callbacks.verifiers import AnswerVerifier
 from tests import tracker_readback

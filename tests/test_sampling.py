@@ -132,7 +132,7 @@ def _within_sampling_error(counts: torch.Tensor, expected: torch.Tensor) -> None
     [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8), (1.5, 4, 0.9)],
 )
 def test_picked_tokens_follow_the_tempered_truncated_distribution(temperature, top_k, top_p):
-    from sftrl_callbacks.sampling import _pick_tokens
+    from sftrl_callbacks.hf_sampler import _pick_tokens
 
     logits = torch.tensor([2.0, 1.0, 0.3, -0.2, -1.0, float("-inf"), 0.6], dtype=torch.float64)
     # The expected distribution, built independently: temper, keep the top k, then the smallest set of the
@@ -182,7 +182,7 @@ def test_first_sampled_token_follows_the_model(tokenizer, splits):
 def test_static_decoding_keeps_every_buffer_at_one_address(trained, tokenizer, splits):
     """Rows leave the batch by moving the kept ones to the front of the same buffers, so the KV cache and
     the mask the decode forward reads start at one address for the whole call (what CUDA graphs need)."""
-    from sftrl_callbacks.sampling import _PreallocatedLayer
+    from sftrl_callbacks.hf_sampler import _PreallocatedLayer
 
     seen = []
 
@@ -350,3 +350,14 @@ def test_folder_weights_give_a_tied_output_layer_its_own_name(tokenizer, tmp_pat
     assert torch.equal(untied["lm_head.weight"], model.lm_head.weight.detach())
     with pytest.raises(ValueError, match="no \\*.safetensors file"):
         list(folder_weights(str(tmp_path / "nowhere")))
+
+
+def test_eos_ids_read_a_checkpoint_folder_given_as_a_path(tmp_path, tokenizer):
+    """A `pathlib.Path` is a folder as a `str` is: its generation config's EOS ids end completions too."""
+    from transformers import GenerationConfig
+
+    from sftrl_callbacks.prompts import eos_ids
+
+    GenerationConfig(eos_token_id=[5, 7]).save_pretrained(tmp_path)
+    assert eos_ids(tmp_path, tokenizer) == eos_ids(str(tmp_path), tokenizer) == {5, 7, tokenizer.eos_token_id}
+    assert eos_ids(tmp_path / "missing", tokenizer) == {tokenizer.eos_token_id}

@@ -96,6 +96,18 @@ def test_fit_and_report_do_not_import_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_what_every_sampler_and_verifier_shares_imports_no_torch():
+    """A sampler of one's own (an HTTP client, another engine) builds on these without pulling in torch."""
+    code = (
+        "import sys\n"
+        "import sftrl_callbacks.contracts, sftrl_callbacks.prompts, sftrl_callbacks.verifiers\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_the_configuration_reference_is_current():
     from sftrl_callbacks.options import reference_page
 

@@ -16,9 +16,10 @@ if os.environ.get("SFTRL_REQUIRE_VLLM") != "1":
 
 from sftrl_callbacks import PassAtKCallback, VLLMSampler  # noqa: E402
 from sftrl_callbacks.cli import main as sftrl  # noqa: E402
+from sftrl_callbacks.contracts import SamplingParams  # noqa: E402
+from sftrl_callbacks.hf_sampler import HFSampler  # noqa: E402
 from sftrl_callbacks.io import read_jsonl  # noqa: E402
 from sftrl_callbacks.measure import PassAtKConfig, load_result, measure_pass_at_k  # noqa: E402
-from sftrl_callbacks.sampling import HFSampler, SamplingParams  # noqa: E402
 from sftrl_callbacks.verifiers import AnswerVerifier  # noqa: E402
 from tests import tracker_readback  # noqa: E402
 from tests.conftest import make_trainer  # noqa: E402
@@ -217,3 +218,87 @@ def test_the_real_model_through_vllm_in_an_sft_run_and_greedy_against_hfsampler(
     hf = HFSampler().sample(trainer.model, tokenizer, prompts, 1, params)
     assert_greedy_equal(callback.sampler.sample(trainer.model, tokenizer, prompts, 1, params), hf)
     assert any(not c[0].truncated for c in hf)
+
+
+def test_a_direct_call_after_the_weights_changed_samples_the_new_weights(engine, trained, tokenizer, splits):
+    """The same model object with weights changed in place (as an optimizer step changes them) is pushed again:
+    the engine does not answer from the weights it was given before."""
+    import copy
+
+    model = copy.deepcopy(trained)
+    prompts = splits.heldout_problems["prompt"][:12]
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    before = engine.sample(model, tokenizer, prompts, 1, params)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    after = engine.sample(model, tokenizer, prompts, 1, params)
+    assert_greedy_equal(after, HFSampler().sample(model, tokenizer, prompts, 1, params))
+    assert [c[0].text for c in after] != [c[0].text for c in before]
+
+
+def test_the_engines_own_context_is_checked_before_sampling(trained, tokenizer, splits, caplog):
+    """`max_model_len` shorter than the longest prompt plus `max_new_tokens`: the warning the model's own context
+    gives, naming the engine's (the engine would cut completions there and they would count as wrong)."""
+    import logging
+
+    from sftrl_callbacks.measure import PassAtKConfig, check_prompts_fit
+
+    sampler = VLLMSampler(max_model_len=24)  # made, not started: the engine starts at the first measurement
+    config = PassAtKConfig(n=1, temperature=0.0, max_new_tokens=40)
+    with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
+        check_prompts_fit(trained, tokenizer, splits.heldout_problems, config, "p", sampler)
+    assert (
+        "past the sampler's context (VLLMSampler (vllm" in caplog.text
+        and "max_model_len) of 24 positions" in caplog.text
+    )
+    assert "lower max_new_tokens to at most" in caplog.text and sampler.llm is None
+
+
+def test_a_head_size_the_cpu_engine_cannot_run_is_refused_before_step_1(tmp_path, tokenizer, splits):
+    """A Qwen2 with 16-dimensional heads (hidden 64, 4 heads): vLLM's CPU attention has no kernel for it, and once
+    failed inside `LLM.generate` at every measurement (and then hung the engine). Now the run stops at train start
+    with one line, before any step, and no engine is started."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    passk = PassAtKCallback(splits.heldout_problems, sampler="vllm", sampler_options=ENGINE, n=1, temperature=0.0)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [passk], max_steps=5, model=Qwen2ForCausalLM(config))
+    with pytest.raises(ValueError, match="CPU attention has no kernel for attention heads of 16 dimensions") as err:
+        trainer.train()
+    assert "hidden size 64 / 4 heads" in str(err.value) and "use sampler='hf'" in str(err.value)
+    assert trainer.state.global_step == 0 and passk.sampler.llm is None
+
+
+def test_an_engine_that_raised_is_dropped_and_the_next_call_gets_a_new_one(trained, tokenizer, splits, caplog):
+    """A request the engine refuses mid-call (a prompt longer than its `max_model_len`): the sampler never reuses
+    that engine; the next call starts a new one and samples as before."""
+    import logging
+
+    from vllm.exceptions import VLLMValidationError
+
+    sampler = VLLMSampler(**{**ENGINE, "max_model_len": 32})
+    prompts = splits.heldout_problems["prompt"][:4]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    first = sampler.sample(trained, tokenizer, prompts, 1, params)
+    engine = sampler.llm
+    with (
+        caplog.at_level(logging.WARNING, logger="sftrl_callbacks"),
+        pytest.raises(VLLMValidationError, match="maximum context length is 32"),
+    ):
+        sampler.sample(trained, tokenizer, ["Q: " + "1+" * 40 + "1=? A:"], 1, params)
+    assert sampler.llm is None and "vLLM's engine failed" in caplog.text and "it is dropped" in caplog.text
+    again = sampler.sample(trained, tokenizer, prompts, 1, params)
+    assert sampler.llm is not None and sampler.llm is not engine
+    assert [c[0].text for c in again] == [c[0].text for c in first]

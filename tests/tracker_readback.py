@@ -30,6 +30,25 @@ def tensorboard(logdir: str) -> dict[tuple[str, int], float]:
     return out
 
 
+def tensorboard_text(logdir: str, tag: str) -> dict[int, str]:
+    """step -> the text (TensorBoard's Text tab) written under `tag`, texts of one step joined by newlines."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[int, str] = {}
+    for folder in {
+        os.path.dirname(p) for p in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True)
+    }:
+        acc = EventAccumulator(folder, size_guidance={"tensors": 0})
+        acc.Reload()
+        for name in acc.Tags().get("tensors", []):
+            if name != tag and not name.startswith(tag + "/"):  # add_text files `tag` as `tag/text_summary`
+                continue
+            for e in acc.Tensors(name):
+                text = b"".join(e.tensor_proto.string_val).decode()
+                out[e.step] = f"{out[e.step]}\n{text}" if e.step in out else text
+    return out
+
+
 def mlflow(tracking_uri: str) -> dict[tuple[str, int], float]:
     from mlflow import MlflowClient
 

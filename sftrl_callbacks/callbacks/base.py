@@ -20,7 +20,7 @@ from typing import Any
 from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..checks import require
+from ..checks import first_line, require
 from ..distributed import Shard, current_shard
 from ..hub import RunHub, Source, hub_for
 from ..io import series_from_json, series_to_json
@@ -118,6 +118,10 @@ class MonitorCallback(TrainerCallback):
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self.errors = 0
         self.time_spent_s = 0.0  # wall time of this callback's measurements
+        self.measurements = 0  # measurements attempted, and of them failed (`errors` also counts other failures)
+        self.failed_measurements = 0
+        self.last_error: str | None = None
+        self._step = 0  # the step being worked on: where a failure is reported
 
     # -- per-run state ----------------------------------------------------------------------------
     def _label(self) -> str:
@@ -171,6 +175,7 @@ class MonitorCallback(TrainerCallback):
             self.hub.merge_into_log(state, logs)
 
     def on_save(self, args, state, control, **kwargs):
+        self._step = state.global_step
         if self.hub is not None:
             self.hub.member_saved(self.key, state)
 
@@ -186,10 +191,10 @@ class MonitorCallback(TrainerCallback):
         start = time.time()
         try:
             return fn(*args, **kwargs)
-        except Exception:
+        except Exception as err:
             if self.strict:
                 raise
-            self._count_failure(f"{what} failed", exc_info=True)
+            self._count_failure(f"{what} failed", exc_info=True, error=f"{type(err).__name__}: {first_line(err)}")
             return None
         finally:
             self.time_spent_s += time.time() - start
@@ -201,9 +206,35 @@ class MonitorCallback(TrainerCallback):
             raise RuntimeError(message)
         self._count_failure(message)
 
-    def _count_failure(self, message: str, exc_info: bool = False) -> None:
+    def _count_failure(self, message: str, exc_info: bool = False, error: str | None = None) -> None:
+        """Count a failure and put it where the user looks: the log, and an event in metrics.jsonl and every
+        tracker (an alert the first time, in trackers that have alerts), with its step, callback and error line."""
         self.errors += 1
+        detail = f"{message}: {error}" if error else message
+        self.last_error = detail
         logger.error("sftrl: %s (training continues; pass strict=True to stop on errors)", message, exc_info=exc_info)
+        if self.hub is not None:
+            name = f"sftrl/failure/{getattr(self, '_group', 'readiness')}"
+            context = {"callback": self._label(), "error": error or message, **self._failure_context()}
+            self.hub.event(self._step, name, detail=detail, alert=self.errors == 1, extra=self.extra_sinks, **context)
+
+    def _failure_context(self) -> dict[str, Any]:
+        """What else a failure event names (the sampler, for pass@k)."""
+        return {}
+
+    def _summarize_failures(self) -> None:
+        """One line at the end of training for a callback that failed: how many measurements, and the last error."""
+        if not self.errors:
+            return
+        other = self.errors - self.failed_measurements
+        logger.warning(
+            "sftrl: %s: %d of %d measurements failed%s; last: %s",
+            self._label(),
+            self.failed_measurements,
+            self.measurements,
+            f", and {other} other step(s) (copies, background jobs, panels)" if other else "",
+            self.last_error,
+        )
 
 
 class ScheduledMonitor(MonitorCallback):
@@ -311,8 +342,11 @@ class ScheduledMonitor(MonitorCallback):
         """Measure unless this step already was; True when a measurement was attempted."""
         if not self._active() or state.global_step == self._last_step:
             return False
-        self._last_step = state.global_step
+        self._last_step = self._step = state.global_step
+        errors = self.errors
+        self.measurements += 1
         self._safely(self._what, self._measure, state, model, processing_class, current_shard(optimizer))
+        self.failed_measurements += self.errors > errors
         return True
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
@@ -325,7 +359,11 @@ class ScheduledMonitor(MonitorCallback):
         if due and self._measure_once(state, model, processing_class, optimizer):
             self._log_this_step(control)
 
-    def on_train_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
+    def on_train_end(self, args, state, control, **kwargs):
+        self._end_of_training(args, state, control, **kwargs)
+        self._summarize_failures()
+
+    def _end_of_training(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         if self.config.on_train_end and self.hub is not None:
             self._measure_once(state, model, processing_class, optimizer)
             self.hub.merge_into_log(state, None)

@@ -16,9 +16,9 @@ from ..checks import check_types, require
 from ..distributed import Shard
 from ..heldout import examples_from_trainer_args, heldout_loss
 from ..hub import Source
+from ..prompts import pad_token_id
 from ..readiness import DEFAULT_SMOOTHING
 from ..records import GapRecord, LossRecord, heldout_name
-from ..sampling import pad_token_id
 from ..sinks import MetricSink
 from ..verifiers.reasoning import DEFAULT_DELIMITERS, ReasoningFormat
 from .base import ScheduleConfig, ScheduledMonitor, make_config, named_sets, text_tokenizer

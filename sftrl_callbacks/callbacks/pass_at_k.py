@@ -18,7 +18,7 @@ from .. import layout
 from ..background import BackgroundPassAtK
 from ..checkpoints import saves_only_deepspeed_shards
 from ..checks import require
-from ..contracts import PassAtKConfig, PassAtKResult, Sampler, make_sampler
+from ..contracts import PassAtKConfig, PassAtKResult, Sampler, describe_sampler, make_sampler, sampler_hook
 from ..distributed import Shard
 from ..hub import Source
 from ..measure import check_problems, check_prompts_fit, explain_reasoning_format, measure_pass_at_k
@@ -129,8 +129,9 @@ class PassAtKCallback(ScheduledMonitor):
                 "pass processing_class=<tokenizer> to the trainer."
             )
         for name, ds in self.problems.items():
-            check_prompts_fit(model, tokenizer, ds, self.config, name)
+            check_prompts_fit(model, tokenizer, ds, self.config, name, self.sampler)
         explain_reasoning_format(tokenizer, self.problems, self.config)
+        sampler_hook(self.sampler, "check_model")(model)  # e.g. a head size the engine cannot run: before step 1
         if self.config.background and args.world_size > 1:
             raise ValueError(
                 "PassAtKCallback(background=True) is for single-process runs; under DDP / FSDP measure on the ranks "
@@ -234,8 +235,11 @@ class PassAtKCallback(ScheduledMonitor):
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
         super().on_save(args, state, control, **kwargs)
 
-    def on_train_end(self, args, state, control, **kwargs):
-        super().on_train_end(args, state, control, **kwargs)
+    def _failure_context(self) -> dict[str, Any]:
+        return {"sampler": describe_sampler(self.sampler), "sets": list(self.problems)}
+
+    def _end_of_training(self, args, state, control, **kwargs):
+        super()._end_of_training(args, state, control, **kwargs)
         if self.background_jobs is not None and self.background_jobs.pending_steps:
             logger.warning("sftrl: waiting for %d background pass@k job(s)", len(self.background_jobs.pending_steps))
             self._safely("background pass@k", self._collect, self.background_jobs.wait)

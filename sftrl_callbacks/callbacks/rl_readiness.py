@@ -299,6 +299,7 @@ class RLReadinessCallback(MonitorCallback):
         self._check_unmatched(state)
         self.hub.merge_into_log(state, None)
         self._safely("W&B panels", self._log_panels, state)
+        self._summarize_failures()
 
     def _log_panels(self, state: TrainerState) -> None:
         """The run's story for trackers that take media: a timeline table and chart, the rendered report."""

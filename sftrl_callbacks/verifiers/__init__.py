@@ -15,10 +15,10 @@ is made, so a misspelt option fails there.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..checks import check_options, keyword_options
 from .answer import AnswerVerifier
 from .base import GuardedVerifier, Verifier, VerifierOutputError, check_verdicts, probe_verifier, trait
 from .math_verify import MathVerifyVerifier
@@ -42,14 +42,6 @@ def register_verifier(name: str, factory: Callable[..., Verifier]) -> None:
     VERIFIERS[name] = factory
 
 
-def verifier_parameters(factory: Callable[..., Any]) -> tuple[set[str], bool]:
-    """(the keyword options `factory` takes, whether it takes any keyword: a `**kwargs`)."""
-    signature = inspect.signature(factory)
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    named = {p.name for p in signature.parameters.values() if p.kind in kinds}
-    return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-
-
 def check_verifier_options(spec: str | Verifier, options: Mapping[str, Any] | None) -> None:
     """Raise, naming the verifier and what it takes, when `options` do not fit it (before anything is built)."""
     if not options:
@@ -59,14 +51,7 @@ def check_verifier_options(spec: str | Verifier, options: Mapping[str, Any] | No
             f"verifier_options={dict(options)!r} apply to a verifier named by a string; set the options on the "
             f"{type(spec).__name__} object itself."
         )
-    factory = _factory(spec)
-    named, any_keyword = verifier_parameters(factory)
-    unknown = sorted(set(options) - named)
-    if unknown and not any_keyword:
-        raise ValueError(
-            f"Verifier {spec!r} takes no option {', '.join(map(repr, unknown))}; it takes: "
-            f"{', '.join(sorted(named)) or 'none'}."
-        )
+    check_options("Verifier", spec, _factory(spec), options)
 
 
 def make_verifier(
@@ -81,7 +66,7 @@ def make_verifier(
         return spec
     factory = _factory(spec)
     kwargs = dict(options or {})
-    if answer_column is not None and "answer_column" in verifier_parameters(factory)[0]:
+    if answer_column is not None and "answer_column" in keyword_options(factory)[0]:
         kwargs.setdefault("answer_column", answer_column)
     return factory(**kwargs)
 
