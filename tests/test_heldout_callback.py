@@ -102,7 +102,8 @@ def test_reuses_trainer_eval_loss(tmp_path, tokenizer, splits):
 
 def test_monitor_failure_does_not_kill_training_unless_strict(tmp_path, tokenizer, splits, caplog):
     broken = Dataset.from_dict({"input_ids": [[1, 2, 10_000]], "labels": [[1, 2, 10_000]]})  # id outside vocab
-    cb = HeldOutLossCallback(broken, every_n_steps=5)
+    # before any step a failed baseline stops the run, nothing lost yet (tested below); asked, it trains on
+    cb = HeldOutLossCallback(broken, every_n_steps=5, isolate_from_start=True)
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=10, save_steps=10)
     with caplog.at_level(logging.ERROR, logger="sftrl_callbacks"):
         trainer.train()
@@ -126,3 +127,13 @@ def test_bad_arguments_fail_at_construction(splits):
     with pytest.raises(ValueError, match="datasets="):
         HeldOutLossCallback()
     assert HeldOutLossCallback(splits.heldout_sft, config=HeldOutLossConfig(every_n_steps=3)).config.every_n_steps == 3
+
+
+def test_a_failed_baseline_stops_the_run_before_step_1(tmp_path, tokenizer, splits):
+    broken = Dataset.from_dict({"input_ids": [[1, 2, 10_000]], "labels": [[1, 2, 10_000]]})
+    cb = HeldOutLossCallback(broken, every_n_steps=5)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [cb], max_steps=10, save_steps=10)
+    with pytest.raises(RuntimeError, match="step-0 baseline measurement failed, before any training step") as err:
+        trainer.train()
+    assert "held-out loss failed: IndexError" in str(err.value) and "isolate_from_start=True" in str(err.value)
+    assert trainer.state.global_step == 0 and not os.path.isdir(tmp_path / "out" / "checkpoint-10")

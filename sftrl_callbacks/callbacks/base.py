@@ -67,6 +67,13 @@ class ScheduleConfig:
         },
     )
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
+    isolate_from_start: bool = field(
+        default=False,
+        metadata={
+            "help": "A failed step-0 baseline measurement (before any training step, so nothing is lost yet) stops "
+            "the run with its error; True reports it and trains on, as every later failure is."
+        },
+    )
 
     def check_schedule(self, owner: str, measures_elsewhere: bool = False) -> None:
         every = self.every_n_steps
@@ -257,7 +264,14 @@ class ScheduledMonitor(MonitorCallback):
         self._prepare(args, processing_class, model)
         self._check_evaluation(args)
         if self.config.measure_at_start and state.global_step == 0:
+            errors = self.errors
             self._measure_once(state, model, processing_class, optimizer)
+            if self.errors > errors and not self.config.isolate_from_start:
+                raise RuntimeError(
+                    f"sftrl: {self._label()}: the step-0 baseline measurement failed, before any training step "
+                    f"({self.last_error}); fix the cause, or pass isolate_from_start=True to train on with the "
+                    "failures reported"
+                )
 
     def _prepare(self, args: TrainingArguments, processing_class: Any, model: Any) -> None:
         """What a measurement needs from the run (its tokenizer, the SFTConfig, the model), checked at train start."""
