@@ -33,7 +33,6 @@ from datasets import Dataset
 
 from . import layout
 from .checkpoints import link_copy, sampling_source
-from .checks import keyword_options
 from .contracts import PassAtKConfig, PassAtKResult, load_result, make_sampler, sampler_factory
 from .io import atomic_file, write_json_atomic
 from .records import file_safe
@@ -233,10 +232,7 @@ def serve(spec_path: str) -> None:
     verifier = make_verifier(spec["verifier"], config.verifier_options, config.answer_column)
     with open(spec["tokenizer"], "rb") as f:
         trainer_tokenizer = pickle.load(f)  # written by this run's own process (hand_over_tokenizer)
-    options = dict(config.sampler_options)
-    if "show_progress" in keyword_options(sampler_factory(config.sampler))[0]:
-        options.setdefault("show_progress", False)  # a worker's log is no terminal
-    sampler = make_sampler(config.sampler, options)
+    sampler = make_sampler(config.sampler, config.sampler_options, {"show_progress": False})  # a log, no terminal
     problems = {name: load_dataset("json", data_files=path, split="train") for name, path in spec["problems"].items()}
     for line in sys.stdin:
         job = json.loads(line)

@@ -73,8 +73,7 @@ class _EvalInputs:
 
     def __init__(self, ns: argparse.Namespace) -> None:
         from . import toy  # noqa: F401  (registers the toy world's "toy-steps" verifier)
-        from .checks import keyword_options
-        from .contracts import PassAtKConfig, make_sampler, sampler_factory
+        from .contracts import PassAtKConfig, make_sampler
         from .heldout import check_columns
         from .measure import check_problems
         from .verifiers import GuardedVerifier, make_verifier, probe_verifier
@@ -87,10 +86,9 @@ class _EvalInputs:
         self.problems, self.config, self.verifier, self.sampler = [], None, None, None
         if ns.problems:
             self.config = config_from_flags(ns, PassAtKConfig, skip=EVAL_SKIPS)
-            options = dict(self.config.sampler_options)
-            if "max_batch_rows" in keyword_options(sampler_factory(self.config.sampler))[0]:
-                options.setdefault("max_batch_rows", ns.max_batch_rows)
-            self.sampler = make_sampler(self.config.sampler, options)  # one for every checkpoint: vLLM's engine
+            # one sampler for every checkpoint: vLLM's engine
+            defaults = {"max_batch_rows": ns.max_batch_rows}
+            self.sampler = make_sampler(self.config.sampler, self.config.sampler_options, defaults)
             verifier = make_verifier(ns.verifier, self.config.verifier_options, self.config.answer_column)
             self.verifier = GuardedVerifier(verifier, self.config.verifier_timeout_s)
             for spec in ns.problems:

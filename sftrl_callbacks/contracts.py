@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .checks import check_options, check_types, require
+from .checks import check_options, check_types, keyword_options, require
 from .io import atomic_file, write_json_atomic
 from .passk import default_ks
 from .records import PassAtKRecord
@@ -155,11 +155,15 @@ def sampler_factory(name: str) -> Callable[..., Sampler]:
     return factory
 
 
-def make_sampler(name: str, options: dict[str, Any] | None = None) -> Sampler:
-    """The sampler registered as `name`, made with `options` as keywords, checked against its factory first."""
+def make_sampler(name: str, options: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> Sampler:
+    """The sampler registered as `name`, made with `options` as keywords, checked against its factory first.
+    `defaults` are the caller's preferences (a worker's `show_progress=False`, `sftrl eval --max-batch-rows`): each
+    goes only to a factory that takes it, and `options` override it."""
     factory = sampler_factory(name)
     check_options("Sampler", name, factory, options)
-    return factory(**(options or {}))
+    taken, _ = keyword_options(factory)
+    kwargs = {key: value for key, value in (defaults or {}).items() if key in taken}
+    return factory(**{**kwargs, **(options or {})})
 
 
 def describe_sampler(sampler: Any) -> str:
@@ -299,10 +303,7 @@ class PassAtKConfig:
         require(self, "answer_column", bool(self.answer_column), "name the answer column")
         require(self, "num_saved_examples", self.num_saved_examples >= 0, "must be >= 0")
         require(self, "score_threshold", math.isfinite(self.score_threshold), "must be a finite number")
-        try:
-            ReasoningFormat.from_delimiters(self.reasoning_delimiters)
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}.{err}") from None
+        ReasoningFormat.check_config(self)
         require(self, "ci_resamples", self.ci_resamples >= 100, "a 95 % bootstrap interval needs >= 100 resamples")
         require(
             self,

@@ -30,6 +30,7 @@ from .passk import bootstrap_ci, bootstrap_mean_ci, extrapolate_pass_at_k, pass_
 from .prompts import encode_prompts, prompt_seeds, render_prompts
 from .verifiers import GuardedVerifier, Verifier
 from .verifiers.grading import describe_delimiter_tokens, grade, warn_if_unseen
+from .verifiers.reasoning import ReasoningFormat
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -168,10 +169,9 @@ def measure_pass_at_k(
     Under DeepSpeed ZeRO-3 give it the engine's optimizer, `current_shard(engine.optimizer)`, so that sampling
     can gather the parameters once (see `sftrl_callbacks.distributed`).
     """
+    sampler = sampler or make_sampler(config.sampler, config.sampler_options)
     if not checked:  # PassAtKCallback checked its sets once, at construction and at train start
         check_problems(problems, config, dataset_name)
-    sampler = sampler or make_sampler(config.sampler, config.sampler_options)
-    if not checked:
         check_prompts_fit(model, tokenizer, problems, config, dataset_name, sampler)
     shard = shard or Shard()
     if not isinstance(verifier, GuardedVerifier):
@@ -185,7 +185,7 @@ def measure_pass_at_k(
     if reasoning is not None:  # read from each rendered prompt once, never guessed from a completion
         rendered = render_prompts(tokenizer, config.used_prompts(problems))
         opened = [reasoning.prompt_opens_block(text) for text in rendered]
-    draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline, opened)
+    draw = _Draw(sampler, model, tokenizer, rows, verifier, config, shard, deadline, reasoning, opened)
 
     # a sampler with weights of its own (vLLM) takes the model's now, on every rank
     shard.run("preparing the sampler", sampler_hook(sampler, "prepare"), model)
@@ -374,11 +374,11 @@ class _Draw:
     config: PassAtKConfig
     shard: Shard
     deadline: float | None
+    reasoning: ReasoningFormat | None
     opened: list[bool]  # whether each row's prompt leaves a thinking block open
 
     def __post_init__(self) -> None:
         self.ids = list(range(len(self.rows)))  # each row's place in the measured set: its samples' seed
-        self.reasoning = self.config.reasoning_format()
 
     def round(self, index: int, problems: list[int], counts: list[int]) -> dict[int, _Tally]:
         """`counts[j]` samples of problem `problems[j]`, from every rank: problem -> tally.

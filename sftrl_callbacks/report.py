@@ -17,7 +17,7 @@ from typing import Any
 
 from . import layout
 from .io import read_jsonl
-from .records import parse_name
+from .records import heldout_name, parse_name
 from .sinks import Image, Table
 from .verifiers.reasoning import ReasoningFormat
 
@@ -208,8 +208,9 @@ def _reasoning_cell(
             f"{reasoning['unfinished_thought_rate']:.0%} unfinished"
         )
     if loss_name:
-        base = loss_name[: -len("loss")]
-        think, answer = series.get(base + "loss_thinking", {}).get(step), series.get(base + "loss_answer", {}).get(step)
+        dataset = parse_name(loss_name).dataset
+        think = series.get(heldout_name(dataset, "loss_thinking"), {}).get(step)
+        answer = series.get(heldout_name(dataset, "loss_answer"), {}).get(step)
         if think is not None and answer is not None:
             parts.append(f"loss {think:.3f} / {answer:.3f}")
     return "; ".join(parts) or None

@@ -63,10 +63,7 @@ class HeldOutLossConfig(ScheduleConfig):
         require(self, "batch_size", self.batch_size >= 1, "must be >= 1")
         require(self, "max_examples", self.max_examples is None or self.max_examples >= 1, "must be >= 1 or None")
         require(self, "smoothing", 0.0 <= self.smoothing < 1.0, "must be in [0, 1) (0 = no smoothing)")
-        try:
-            ReasoningFormat.from_delimiters(self.reasoning_delimiters)
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}.{err}") from None
+        ReasoningFormat.check_config(self)
 
 
 class HeldOutLossCallback(ScheduledMonitor):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_DELIMITERS = ("<think>", "</think>")
 
@@ -64,6 +65,14 @@ class ReasoningFormat:
                 f"reasoning_delimiters={list(delimiters)!r}: give two strings, [open, close], or None for plain models."
             )
         return cls(delimiters[0], delimiters[1])
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Raise `ValueError("<Config>.reasoning_delimiters=...: ...")` when a config's delimiters make no format."""
+        try:
+            cls.from_delimiters(config.reasoning_delimiters)
+        except ValueError as err:
+            raise ValueError(f"{type(config).__name__}.{err}") from None
 
     def _pattern(self) -> re.Pattern:
         # the longer delimiter first, so that one containing the other is matched whole
