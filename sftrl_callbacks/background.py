@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,10 +101,17 @@ class BackgroundPassAtK:
             return []
         step, copy, started, log_offset = self._running
         out: dict[str, PassAtKResult] | str
+        bound = self.config.measurement_timeout_s
         if os.path.exists(layout.background_done_path(copy)):
             out = {name: load_result(layout.checkpoint_passk_path(copy, name)) for name in self.problems}
         elif self._worker is not None and self._worker.poll() is None:
-            return []
+            if bound is None or time.time() - started <= bound:
+                return []
+            self._kill_worker()
+            out = (
+                f"background pass@k of step {step} ran past its {bound:g} s bound (measurement_timeout_s): its "
+                "process was killed, and the next job starts a new one"
+            )
         else:
             code = self._worker.returncode if self._worker is not None else None
             self._worker = None
@@ -124,6 +132,12 @@ class BackgroundPassAtK:
             done += self.collect()
             time.sleep(0.2)
         return done
+
+    def _kill_worker(self) -> None:
+        worker, self._worker = self._worker, None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)  # its own session: an engine's helper processes go with it
+        worker.wait()
 
     def close(self) -> None:
         """End the worker (it finishes the job it is on first); a later submit starts another."""
@@ -172,6 +186,7 @@ class BackgroundPassAtK:
                 stderr=log,
                 env=env,
                 text=True,
+                start_new_session=True,
             )
 
     def _start_next(self) -> None:

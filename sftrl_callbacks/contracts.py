@@ -100,6 +100,10 @@ class SamplerHooks:
     def release(self) -> None:
         """Once per measurement, after its last `sample` call (also when sampling failed): give memory back."""
 
+    def reset(self, reason: str) -> None:
+        """After a measurement ran past its bound (`measurement_timeout_s`) and was interrupted: drop what it may
+        have left half-made (an engine mid-step), so that the next measurement starts afresh."""
+
 
 def sampler_hook(sampler: Any, name: str) -> Any:
     """`sampler`'s optional hook or setting `name` (see `SamplerHooks`), or its default (a method that does nothing

@@ -21,7 +21,7 @@ tensors left in FSDP's buffers break the next backward (seen with FSDP2 on CPU).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -176,7 +176,7 @@ def _zero3_whole(model: torch.nn.Module, optimizer: Any) -> contextlib.AbstractC
     """For a ZeRO-3 model: DeepSpeed's `unwrap_model_for_generation`, which gathers every parameter once and
     lifts the per-module hooks that would release them after each forward (as TRL's GRPO does). It needs
     DeepSpeed's ZeRO-3 optimizer, which holds the hooks; None without it (or for anything but ZeRO-3)."""
-    if optimizer is None or not any(hasattr(p, "ds_id") for p in model.parameters()):
+    if optimizer is None or not zero3_partitioned(model.parameters()):
         return None
     stage3 = optimizer
     while stage3 is not None and not hasattr(stage3, "parameter_offload"):
@@ -196,14 +196,35 @@ def _nccl() -> bool:
     return "nccl" in str(torch.distributed.get_backend()).lower()
 
 
+def zero3_partitioned(params: Iterable[torch.nn.Parameter]) -> bool:
+    """True when one of `params` is a DeepSpeed ZeRO-3 partition (ZeRO-3 marks them with `ds_id`)."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def fsdp1_wrapped(model: torch.nn.Module) -> bool:
+    """True under FSDP1 (`FullyShardedDataParallel` wrappers), whose `summon_full_params` makes parameters whole."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return any(isinstance(module, FullyShardedDataParallel) for module in model.modules())
+
+
 def parameters_are_sharded(model: torch.nn.Module) -> bool:
     """True when forwards all-gather the parameters: FSDP, FSDP2 (`fully_shard`) or DeepSpeed ZeRO-3."""
     if torch.distributed.is_available():
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+        from torch.distributed.fsdp import FSDPModule
 
-        if any(isinstance(module, (FSDPModule, FullyShardedDataParallel)) for module in model.modules()):
+        if fsdp1_wrapped(model) or any(isinstance(module, FSDPModule) for module in model.modules()):
             return True
-    return any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 marks its partitioned parameters
+    return zero3_partitioned(model.parameters())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP's (and DeepSpeed's engine's) `module` wrappers; a PEFT model stays whole."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module
+    return model
 
 
 def no_grad_for(model: torch.nn.Module) -> contextlib.AbstractContextManager:

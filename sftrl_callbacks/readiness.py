@@ -254,15 +254,18 @@ def rl_start_document(
     signals: Mapping[str, float | None],
     weights: Mapping[str, float],
     flags: Sequence[Flag],
+    missing: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The `rl_start.json` document: where the chosen checkpoint is (`path`, its protected copy, and the
-    trainer's `checkpoint`), its step, score and signals, why, the formula and weights, the flags and the ranking."""
+    trainer's `checkpoint`), its step, score and signals, the signals it was chosen without (`missing`: signal ->
+    why), why, the formula and weights, the flags and the ranking."""
     return {
         "path": os.path.abspath(path),
         "checkpoint": os.path.abspath(checkpoint),
         "step": choice.step,
         "score": choice.score,
         "metrics": dict(signals),
+        "missing": dict(missing or {}),
         "why": choice.why,
         "score_formula": SCORE_FORMULA,
         "weights": dict(weights),

