@@ -95,7 +95,8 @@ class _EvalInputs:
                 name, rows = _load_rows(spec)
                 _in_file(spec, check_problems, rows, self.config, name)
                 where = f"problem set {name!r}"
-                _in_file(spec, probe_verifier, self.verifier, rows[0], where, self.config.score_threshold)
+                used = rows.select(range(self.config.num_used(len(rows))))
+                _in_file(spec, probe_verifier, self.verifier, rows[0], where, self.config.score_threshold, used)
                 self.problems.append((name, rows))
 
 

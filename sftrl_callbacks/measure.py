@@ -7,9 +7,12 @@ the same numbers for the same model, problems and seed. What it is asked and wha
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,7 +31,7 @@ from .contracts import (
 from .distributed import Shard
 from .passk import bootstrap_ci, bootstrap_mean_ci, extrapolate_pass_at_k, pass_at_k_curve
 from .prompts import encode_prompts, prompt_seeds, render_prompts
-from .verifiers import GuardedVerifier, Verifier
+from .verifiers import GuardedVerifier, Verifier, trait
 from .verifiers.grading import describe_delimiter_tokens, grade, warn_if_unseen
 from .verifiers.reasoning import ReasoningFormat
 
@@ -290,7 +293,7 @@ def measure_pass_at_k(
         seed=config.seed,
         allocation=config.allocation,
         sampler=describe_sampler(sampler),
-        verifier=verifier.name,
+        verifier=verifier.description,
         wall_time_s=time.time() - start,
         examples=examples,
         verifier_timeouts=sum(t.timeouts for t in tallies),
@@ -379,6 +382,7 @@ class _Draw:
 
     def __post_init__(self) -> None:
         self.ids = list(range(len(self.rows)))  # each row's place in the measured set: its samples' seed
+        self._counting_tokenizer: Any = None
 
     def round(self, index: int, problems: list[int], counts: list[int]) -> dict[int, _Tally]:
         """`counts[j]` samples of problem `problems[j]`, from every rank: problem -> tally.
@@ -411,63 +415,81 @@ class _Draw:
     def _draw(self, index, chunks, problems, counts) -> dict[int, _Tally]:
         out: dict[int, _Tally] = {}
         params = self.config.sampling_params()
-        for position, chunk in enumerate(chunks):
-            if position and self.deadline is not None and time.time() > self.deadline:
-                break
-            part = [problems[k] for k in chunk]
-            asked = [counts[k] for k in chunk]
-            prompts = [self.rows[i][self.config.prompt_column] for i in part]
-            seeds = prompt_seeds(params.seed, [(index, self.ids[i]) for i in part])
-            # `seed` too, distinct per chunk, for samplers that take one seed a call
-            chunk_params = replace(params, seed=seeds[0], prompt_seeds=seeds)
-            samples = self.sampler.sample(self.model, self.tokenizer, prompts, asked, chunk_params)
-            got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
-            if got != asked:
-                raise ValueError(
-                    f"Sampler {type(self.sampler).__name__}.sample returned "
-                    f"{got if got is not None else type(samples).__name__} completions per prompt for counts "
-                    f"{asked}: it must return exactly n[i] completions for prompt i."
-                )
-            # One verifier call per problem, so a hang or a fault is one problem's, not the whole batch's.
-            for i, completions in zip(part, samples):
-                texts = [c.text for c in completions]
-                tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
-                before = self.verifier.timeouts
-                grades = grade(
-                    self.verifier,
-                    texts,
-                    tokens,
-                    self.rows[i],
-                    self.config.score_threshold,
-                    self.reasoning,
-                    self.opened[i],
-                    self._count_tokens,
-                )
-                timeouts = self.verifier.timeouts - before
-                records = [
-                    {"completion": text, "correct": g.correct, "score": g.score, "tokens": int(n), "truncated": cut}
-                    for text, g, n, cut in zip(texts, grades, tokens, truncated)
-                ]
-                if self.reasoning is not None:
-                    for record, g in zip(records, grades):
-                        record.update(thinking_tokens=g.thinking_tokens, unfinished=g.unfinished)
-                every = records if self.config.save_completions else []
-                out[i] = _Tally(
-                    len(texts),
-                    sum(g.correct for g in grades),
-                    tokens,
-                    truncated,
-                    records[:COMPLETIONS_KEPT],
-                    timeouts,
-                    every,
-                    [g.score for g in grades],
-                    [(g.thinking_tokens, g.answer_tokens, g.unfinished) for g in grades],
-                    sum(g.delimited for g in grades),
-                )
+        # A chunk's completions are graded while the next chunk is sampled, unless the verifier must run in this
+        # thread (verifier_timeout_s=None: signal-based timeouts).
+        overlap = self.verifier.timeout_s is not None or trait(self.verifier.verifier, "bounded")
+        with ThreadPoolExecutor(1, thread_name_prefix="sftrl-grading") if overlap else contextlib.nullcontext() as pool:
+            pending = []
+            for position, chunk in enumerate(chunks):
+                if position and self.deadline is not None and time.time() > self.deadline:
+                    break
+                part = [problems[k] for k in chunk]
+                asked = [counts[k] for k in chunk]
+                prompts = [self.rows[i][self.config.prompt_column] for i in part]
+                seeds = prompt_seeds(params.seed, [(index, self.ids[i]) for i in part])
+                # `seed` too, distinct per chunk, for samplers that take one seed a call
+                chunk_params = replace(params, seed=seeds[0], prompt_seeds=seeds)
+                samples = self.sampler.sample(self.model, self.tokenizer, prompts, asked, chunk_params)
+                got = [len(s) for s in samples] if isinstance(samples, Sequence) else None
+                if got != asked:
+                    raise ValueError(
+                        f"Sampler {type(self.sampler).__name__}.sample returned "
+                        f"{got if got is not None else type(samples).__name__} completions per prompt for counts "
+                        f"{asked}: it must return exactly n[i] completions for prompt i."
+                    )
+                if pool is None:
+                    out.update(self._tally(part, samples))
+                else:
+                    pending.append(pool.submit(self._tally, part, samples))
+            for future in pending:
+                out.update(future.result())
+        return out
+
+    def _tally(self, part: list[int], samples: list) -> dict[int, _Tally]:
+        """Grade one chunk's completions, one verifier call per problem (a hang or a fault is one problem's)."""
+        out: dict[int, _Tally] = {}
+        for i, completions in zip(part, samples):
+            texts = [c.text for c in completions]
+            tokens, truncated = [c.n_tokens for c in completions], [c.truncated for c in completions]
+            before = self.verifier.timeouts
+            grades = grade(
+                self.verifier,
+                texts,
+                tokens,
+                self.rows[i],
+                self.config.score_threshold,
+                self.reasoning,
+                self.opened[i],
+                self._count_tokens,
+            )
+            timeouts = self.verifier.timeouts - before
+            records = [
+                {"completion": text, "correct": g.correct, "score": g.score, "tokens": int(n), "truncated": cut}
+                for text, g, n, cut in zip(texts, grades, tokens, truncated)
+            ]
+            if self.reasoning is not None:
+                for record, g in zip(records, grades):
+                    record.update(thinking_tokens=g.thinking_tokens, unfinished=g.unfinished)
+            every = records if self.config.save_completions else []
+            out[i] = _Tally(
+                len(texts),
+                sum(g.correct for g in grades),
+                tokens,
+                truncated,
+                records[:COMPLETIONS_KEPT],
+                timeouts,
+                every,
+                [g.score for g in grades],
+                [(g.thinking_tokens, g.answer_tokens, g.unfinished) for g in grades],
+                sum(g.delimited for g in grades),
+            )
         return out
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        # Its own copy: this runs beside the sampler, and a fast tokenizer's call sets state (padding, truncation).
+        if self._counting_tokenizer is None:
+            self._counting_tokenizer = copy.deepcopy(self.tokenizer)
+        return [len(ids) for ids in self._counting_tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -96,7 +96,8 @@ class PassAtKCallback(ScheduledMonitor):
         self.verifier = make_verifier(verifier, self.config.verifier_options, self.config.answer_column)
         self._guarded = GuardedVerifier(self.verifier, self.config.verifier_timeout_s)
         for name, ds in self.problems.items():
-            probe_verifier(self._guarded, ds[0], f"problem set {name!r}", self.config.score_threshold)
+            used = ds.select(range(self.config.num_used(len(ds))))
+            probe_verifier(self._guarded, ds[0], f"problem set {name!r}", self.config.score_threshold, used)
         # Made now, so that a missing engine (vLLM) or a bad option fails here rather than at the first measurement.
         self.sampler = sampler or make_sampler(self.config.sampler, self.config.sampler_options)
         if not isinstance(self.sampler, Sampler):

@@ -2,6 +2,7 @@
 
 - `answer`: `AnswerVerifier`, the text after `####` (or any regex group), exact or numeric match.
 - `math-verify`: `MathVerifyVerifier`, math-verify's parse + verify in isolated workers (`pool`).
+- `code`: `CodeVerifier`, the completion's program against the row's unit tests, in a sandbox (`sandbox.py`).
 - `RewardFunctionVerifier` (`reward_function`): any TRL reward function, its rewards as scores (passed as an
   object: a function has no name to register).
 - `base`: the `Verifier` contract, its optional attributes, and the guard every call goes through.
@@ -21,6 +22,7 @@ from typing import Any
 from ..checks import check_options, keyword_options
 from .answer import AnswerVerifier
 from .base import GuardedVerifier, Verifier, VerifierOutputError, check_verdicts, probe_verifier, trait
+from .code import CodeVerifier
 from .math_verify import MathVerifyVerifier
 from .pool import IsolatedPool
 from .reasoning import ReasoningFormat, Region
@@ -30,6 +32,7 @@ from .reward_function import RewardFunctionVerifier
 VERIFIERS: dict[str, Callable[..., Verifier]] = {
     "answer": AnswerVerifier,
     "math-verify": MathVerifyVerifier,
+    "code": CodeVerifier,
 }
 
 
@@ -83,6 +86,7 @@ def _factory(name: str) -> Callable[..., Verifier]:
 __all__ = [
     "VERIFIERS",
     "AnswerVerifier",
+    "CodeVerifier",
     "GuardedVerifier",
     "IsolatedPool",
     "MathVerifyVerifier",

@@ -9,6 +9,10 @@ Optional attributes a verifier may set, read only here (`trait`):
 - `returns_scores = True`: its verdicts are scores (a reward), so every measurement logs their mean and interval
   (`sftrl/passk/<set>/mean_score`); without it the mean is logged only by measurements with a verdict other than
   0 / 1.
+- `check_problems(rows, where)`: a method called once per problem set before any training step, on the rows a
+  measurement uses, to raise a one-line `ValueError` for rows it could never grade right.
+- `description`: what it is, recorded in every result instead of the class name (a code verifier names its sandbox's
+  layers there).
 - `reads_answer_region = False`: it gets the whole completion, thinking included, instead of the answer region
   (`RewardFunctionVerifier` by default, as TRL's GRPOTrainer gives completions to reward functions).
 """
@@ -84,6 +88,7 @@ class GuardedVerifier:
     def __init__(self, verifier: Verifier, timeout_s: float | None) -> None:
         self.verifier, self.timeout_s = verifier, timeout_s
         self.name = type(verifier).__name__
+        self.description = str(getattr(verifier, "description", None) or self.name)
         self.timeouts = 0  # completions counted wrong because their call timed out
         self.returns_scores = trait(verifier, "returns_scores")
         self.reads_answer_region = trait(verifier, "reads_answer_region")
@@ -123,8 +128,19 @@ class GuardedVerifier:
         return check_verdicts(self.verifier, box["verdicts"], len(completions))
 
 
-def probe_verifier(verifier: GuardedVerifier, row: Mapping[str, Any], where: str, threshold: float = 1.0) -> None:
-    """Check a verifier once, on an empty completion for `row`, before any training step depends on it."""
+def probe_verifier(
+    verifier: GuardedVerifier,
+    row: Mapping[str, Any],
+    where: str,
+    threshold: float = 1.0,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
+    """Check a verifier once, on an empty completion for `row`, before any training step depends on it; and let it
+    check the `rows` it will grade, when it has a `check_problems(rows, where)` (e.g. a code verifier runs each
+    row's canonical solution against its tests)."""
+    check_rows = getattr(verifier.verifier, "check_problems", None)
+    if rows is not None and callable(check_rows):
+        check_rows(rows, where)
     before = verifier.timeouts
     try:
         score = verifier.check([""], [row])[0]

