@@ -5,7 +5,7 @@
     accelerate launch examples/sft_with_callbacks.py --config recipes/qwen3-4b-math.yaml
 
 Recipe keys: `model` (a hub id / path, "toy", or "smollm2-135m"), `dataset` (hub id / local files,
-split names, "toy" or "word-problems"), `sft` (any SFTConfig field), `heldout_loss` (HeldOutLossConfig
+split names, "toy", "word-problems" or "humaneval"), `sft` (any SFTConfig field), `heldout_loss` (HeldOutLossConfig
 fields), `passk` (PassAtKCallbackConfig fields plus `verifier`), `readiness` (RLReadinessConfig fields),
 `report` (true: write `sftrl report` at the end).
 
@@ -38,6 +38,11 @@ def load_data(spec: dict):
 
         make = make_splits if spec["name"] == "toy" else make_word_problem_splits
         splits = make(**{key: value for key, value in spec.items() if key != "name"})
+        return splits.train, splits.heldout_sft, splits.heldout_problems
+    if spec.get("name") == "humaneval":  # HumanEval from its wheel: SFT on the later problems, pass@k on the first
+        from sftrl_callbacks.humaneval import humaneval_splits
+
+        splits = humaneval_splits(**{key: value for key, value in spec.items() if key != "name"})
         return splits.train, splits.heldout_sft, splits.heldout_problems
     data = load_dataset(spec["name"], spec.get("config"), data_files=spec.get("data_files"))
     train = data[spec.get("train_split", "train")]

@@ -155,6 +155,8 @@ def evaluate_checkpoint(checkpoint: str, ns: argparse.Namespace, inputs: _EvalIn
                 *changed[0],
             )
         result = measure_pass_at_k(model, tokenizer, rows, inputs.verifier, inputs.config, inputs.sampler, name, step)
+        if result.completions is not None:
+            result.write_completions(layout.eval_completions_path(checkpoint, name))
         result.save(layout.eval_passk_path(checkpoint, name))
         out["metrics"].update(result.metrics())
     write_json_atomic(layout.eval_path(checkpoint), out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -54,3 +55,31 @@ def load_humaneval(style: str = "chat", num_problems: int | None = None) -> Data
             }
         )
     return Dataset.from_list(out)
+
+
+@dataclass
+class HumanEvalSplits:
+    """A small code SFT from HumanEval alone: train on the canonical solutions of the later problems, measure the
+    held-out loss and pass@k on the first `n_heldout` problems, which training never sees."""
+
+    train: Dataset
+    heldout_sft: Dataset
+    heldout_problems: Dataset
+
+
+def humaneval_splits(n_heldout: int = 82, style: str = "continuation") -> HumanEvalSplits:
+    """Prompt-completion rows (the header, then the canonical body) for SFT, and problem rows for pass@k."""
+    problems, rows = load_humaneval(style), humaneval_rows()
+    pairs = Dataset.from_list([{"prompt": r["prompt"], "completion": r["canonical_solution"]} for r in rows])
+    if style == "chat":
+        pairs = Dataset.from_list(
+            [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": _fenced(r)}]}
+             for p, r in zip(problems, rows)]
+        )  # fmt: skip
+    held = range(n_heldout)
+    rest = range(n_heldout, len(problems))
+    return HumanEvalSplits(pairs.select(rest), pairs.select(held), problems.select(held))
+
+
+def _fenced(row: dict[str, Any]) -> str:
+    return "```python\n" + row["prompt"] + row["canonical_solution"] + "```"

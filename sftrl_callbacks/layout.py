@@ -83,6 +83,11 @@ def eval_passk_path(checkpoint: str, dataset: str) -> str:
     return os.path.join(checkpoint, FOLDER, f"eval_passk_{file_safe(dataset)}.json")
 
 
+def eval_completions_path(checkpoint: str, dataset: str) -> str:
+    """Every completion of `sftrl eval --save-completions`, gzip-compressed JSONL."""
+    return os.path.join(checkpoint, FOLDER, f"eval_completions_{file_safe(dataset)}.jsonl.gz")
+
+
 def background_done_path(checkpoint_copy: str) -> str:
     """Written by the background worker once every set of `checkpoint_copy` is measured and saved."""
     return os.path.join(checkpoint_copy, FOLDER, "background_done.json")

@@ -5,7 +5,8 @@ It locks itself in before it reads a line of model code, then serves calls of on
 1. resource limits (address space, CPU time, file size, open files, no core dumps, no new processes);
 2. root drops to `nobody` where the interpreter's files stay readable to it;
 3. new user and network namespaces, where the kernel allows them (no network device at all inside);
-4. Landlock: reading only the standard library (not site-packages, where data and canonical solutions live), no
+4. Landlock: reading only the standard library and the system's shared libraries (not site-packages, where data
+   and canonical solutions live, nor anything else), no
    writing anywhere, no TCP bind / connect (ABI 4+), no signals or abstract sockets outside (ABI 6+);
 5. a seccomp filter (x86_64): no sockets, no new processes or threads, no exec, no signals, no ptrace, no
    namespace, mount, rlimit, session, permission or ownership changes, no io_uring, bpf or kernel keys.
@@ -206,7 +207,8 @@ def landlock(readable: list[str]) -> list[str]:
 
 
 def stdlib_paths() -> list[str]:
-    """What the program may read: the standard library, without the site-packages folders inside it."""
+    """What the program may read: the standard library, without the site-packages folders inside it, and the system's
+    shared libraries."""
     import sysconfig
 
     out = []
@@ -215,6 +217,12 @@ def stdlib_paths() -> list[str]:
         for entry in sorted(os.listdir(root)):
             if entry not in ("site-packages", "dist-packages") and os.path.join(root, entry) not in out:
                 out.append(os.path.join(root, entry))
+    # The shared libraries standard modules load (zlib's libz, hashlib's libcrypto): system library folders and
+    # the loader's cache, which hold code, not data.
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
+    if arch:
+        out += [f"/lib/{arch}", f"/usr/lib/{arch}"]
+    out += ["/lib64", "/usr/lib64", "/etc/ld.so.cache"]
     return [p for p in dict.fromkeys(out) if os.path.exists(p)]
 
 

@@ -70,7 +70,21 @@ def problems(n=4, **columns):
 
 HELDOUT = Dataset.from_dict({"prompt": ["Q: 1+1=? A:"], "completion": [" #### 2"]})
 
+
 # id -> (constructor, error type, pattern the message must contain)
+def code_rows(**overrides):
+    """One code problem: add one to x, its tests, its canonical solution."""
+    row = {
+        "prompt": "def add_one(x):\n",
+        "answer": "-",
+        "entry_point": "add_one",
+        "test": "def check(candidate):\n    assert candidate(1) == 2\n",
+        "canonical_solution": "    return x + 1\n",
+    }
+    row.update(overrides)
+    return Dataset.from_list([{k: v for k, v in row.items() if v is not None}])
+
+
 CONSTRUCTION = {
     "heldout-empty": (lambda: HeldOutLossCallback(HELDOUT.select([])), ValueError, "is empty"),
     "heldout-not-a-dataset": (lambda: HeldOutLossCallback({"a": [1, 2]}), TypeError, "must be a datasets.Dataset"),
@@ -165,6 +179,31 @@ CONSTRUCTION = {
         lambda: PassAtKCallback(problems(), verifier=Sleeps(5), verifier_timeout_s=0.2),
         ValueError,
         "gave no answer within 0.2 s",
+    ),
+    "code-rows-without-tests": (
+        lambda: PassAtKCallback(code_rows(test=None), verifier="code"),
+        ValueError,
+        "problem set 'heldout' row 0 has no tests in column 'test': give HumanEval's check",
+    ),
+    "code-tests-do-not-parse": (
+        lambda: PassAtKCallback(code_rows(test="def check(candidate):\n    assert candidate(1) ==\n"), verifier="code"),
+        ValueError,
+        "tests of problem set 'heldout' row 0: does not parse",
+    ),
+    "code-canonical-fails": (
+        lambda: PassAtKCallback(code_rows(canonical_solution="    return x + 2\n"), verifier="code"),
+        ValueError,
+        "The problem set 'heldout': 1 of 1 rows fail their tests with their own canonical_solution",
+    ),
+    "code-no-entry-point": (
+        lambda: PassAtKCallback(code_rows(entry_point=None, test=["x = 1"]), verifier="code"),
+        ValueError,
+        "the row names no function to test: give it an 'entry_point' column",
+    ),
+    "code-unknown-isolation": (
+        lambda: PassAtKCallback(code_rows(), verifier="code", verifier_options={"isolation": "none"}),
+        ValueError,
+        r"CodeVerifier isolation='none': use one of \('strict', 'process'\)",
     ),
     "verifier-accepts-empty-completion": (
         lambda: PassAtKCallback(

@@ -9,8 +9,8 @@ What a row holds (column names are options):
 - `test`: HumanEval's test code, a `def check(candidate)` that asserts; or a list of assert statements calling the
   function by name (MBPP); or a list of `{"input": [args...], "output": value}` pairs.
 - `entry_point`: the function to call (MBPP rows may leave it out: it is read from the first assert).
-- `code_prompt` (or the prompt column when it is text): the code the completion continues. Its helper functions
-  and imports are given to the tests too, as HumanEval's tests use them.
+- `code_prompt` (or the prompt column when it is code): the code the completion continues. Its helper functions and
+  imports are given to the tests too, as HumanEval's tests use them.
 
 The program: the first fenced code block of the completion when there is one (the prompt is put before it when the
 block defines the function, so the prompt's imports and helpers are there; the block is read as a continuation of
@@ -122,10 +122,11 @@ class CodeVerifier:
             return list(pool.map(self.grade_one, completions, rows))
 
     def check_problems(self, rows: Sequence[Mapping[str, Any]], name: str) -> None:
-        """At construction: every row has tests that compile, and passes them with its own canonical solution."""
+        """At construction: every row has tests that compile, and passes them with its own canonical solution.
+        `name`: the set as messages name it ("problem set 'heldout'")."""
         failed = []
         for index, row in enumerate(rows):
-            tests = self._tests(row, f"{name!r} row {index}")
+            tests = self._tests(row, f"{name} row {index}")
             entry_point_of(row, self.entry_point_column, tests)
             if self.check_canonical and isinstance(row.get("canonical_solution"), str):
                 outcome = self.grade_one(row["canonical_solution"], row)
@@ -133,8 +134,8 @@ class CodeVerifier:
                     failed.append(f"row {index} ({row.get('task_id', '')}): {outcome.reason}")
         if failed:
             raise ValueError(
-                f"Problem set {name!r}: {len(failed)} row(s) fail their tests with their own canonical_solution, so "
-                f"no completion could be graded right on them: {'; '.join(failed[:3])}. Fix the rows or pass "
+                f"The {name}: {len(failed)} of {len(rows)} rows fail their tests with their own canonical_solution, "
+                f"so no completion could be graded right on them: {'; '.join(failed[:3])}. Fix the rows or pass "
                 "verifier_options={'check_canonical': False}."
             )
 
@@ -190,8 +191,9 @@ class CodeVerifier:
         """The prompt's imports and helper functions (trusted: they are the row's), with the function under test
         bound to the sandboxed one."""
         namespace: dict[str, Any] = {"__name__": "__sftrl_tests__"}
-        if prompt:
-            exec(_compiled(prompt, "prompt"), namespace)
+        helpers = _helpers_source(prompt) if prompt else ""
+        if helpers:
+            exec(_compiled(helpers, "prompt"), namespace)
         namespace[entry] = candidate
         return namespace
 
@@ -215,10 +217,24 @@ class CodeVerifier:
         )
 
     def _code_prompt(self, row: Mapping[str, Any]) -> str:
-        for column in (self.code_prompt_column, self.prompt_column):
-            if isinstance(row.get(column), str):
-                return row[column]
-        return ""
+        """The row's code prompt; else its prompt when that is code (a function header, as HumanEval's, which
+        parses once a body is added), not a task in words (as MBPP's)."""
+        if isinstance(row.get(self.code_prompt_column), str):
+            return row[self.code_prompt_column]
+        prompt = row.get(self.prompt_column)
+        return prompt if isinstance(prompt, str) and _helpers_source(prompt) else ""
+
+
+def _helpers_source(prompt: str) -> str:
+    """What of the prompt the tests may run: the prompt, or the prompt with a body for its open function header
+    (`def f(x):` alone does not parse); "" when it is not code."""
+    for source in (prompt, prompt.rstrip() + "\n    pass\n"):
+        try:
+            _compiled(source, "prompt")
+        except ValueError:
+            continue
+        return source
+    return ""
 
 
 @functools.lru_cache(maxsize=4096)
