@@ -41,11 +41,16 @@ def main() -> None:
         shutil.copytree(smollm2_checkpoint(), checkpoint, copy_function=os.link, ignore=shutil.ignore_patterns("sftrl"))
     args = ["eval", checkpoint, "--problems", f"humaneval={problems}", "--verifier", "code"]
     ks = sorted({k for k in (1, 10, ns.n) if k <= ns.n})
+    beyond = [k for k in (64,) if k > ns.n]  # from the beta-binomial fit to the counts, reported as extrapolated
     args += ["--n", str(ns.n), "--ks", *map(str, ks), "--temperature", "0.8", "--top-p", "0.95"]
     args += ["--max-new-tokens", str(ns.max_new_tokens), "--stop-strings", *CODEX_STOPS]
     args += ["--save-completions", "--sampler", ns.sampler]
+    if beyond:
+        args += ["--extrapolate-ks", *map(str, beyond)]
     if ns.sampler == "vllm":
-        args += ["--sampler-options", "max_model_len=1024", "enforce_eager=true"]
+        args += ["--sampler-options", "max_model_len=1024", "enforce_eager=true", "show_progress=true"]
+    else:
+        args += ["--sampler-options", "show_progress=true"]
     start = time.time()
     code = sftrl(args)
     seconds = time.time() - start
@@ -58,6 +63,8 @@ def main() -> None:
     for k, value in sorted(result["pass_at_k"].items(), key=lambda kv: int(kv[0])):
         low, high = result["ci"][k]["low"], result["ci"][k]["high"]
         print(f"  pass@{k}: {100 * value:.2f} % (95 % bootstrap over problems: {100 * low:.2f} - {100 * high:.2f})")
+    for k, value in result["extrapolated"].items():
+        print(f"  pass@{k} extrapolated (beta-binomial fit to the counts, not measured): {100 * value:.2f} %")
     print(f"  mean completion tokens {result['mean_completion_tokens']:.1f}, truncated {result['truncation_rate']:.3f}")
     print(f"  interval: {result['ci'][str(ks[0])]['method']}")
     print(f"  verifier: {result['verifier']}")

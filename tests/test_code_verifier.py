@@ -180,3 +180,22 @@ def test_without_landlock_it_fails_closed_and_process_isolation_is_an_opt_in():
     )
     assert weak["passed"] == [True, False]
     assert not any("landlock" in layer for layer in weak["layers"]) and any("seccomp" in x for x in weak["layers"])
+
+
+def test_a_test_that_catches_every_exception_cannot_take_a_refused_value_for_a_raise(verifier):
+    """The row's test expects a raise and catches `Exception`: a value that cannot cross (an always-equal object)
+    or a program that dies must still fail, not count as the expected raise."""
+    row = {
+        "prompt": "def must_raise(x):\n",
+        "entry_point": "must_raise",
+        "test": "def check(candidate):\n    try:\n        candidate(1)\n    except Exception:\n        return\n"
+        "    raise AssertionError('did not raise')\n",
+    }
+    completions = [
+        "    raise ValueError(x)\n",
+        "    class Eq:\n        def __eq__(self, o):\n            return True\n    return Eq()\n",
+        "    import os\n    os._exit(0)\n",
+    ]
+    got = verifier.grade(completions, [row] * 3)
+    assert [o.passed for o in got] == [True, False, False]
+    assert got[1].reason == "returned a Eq is not plain data" and got[2].reason == "the program exited"

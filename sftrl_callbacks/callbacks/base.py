@@ -140,9 +140,8 @@ class MonitorCallback(TrainerCallback):
         self.measurements = 0  # measurements attempted, and of them failed (`errors` also counts other failures)
         self.failed_measurements = 0
         self.last_error: str | None = None
-        self.failures: dict[
-            int, str
-        ] = {}  # step -> the last failure there (rl_start.json says why a signal is missing)
+        # step -> the last failure there (rl_start.json says why a signal is missing)
+        self.failures: dict[int, str] = {}
         self._step = 0  # the step being worked on: where a failure is reported
 
     # -- per-run state ----------------------------------------------------------------------------

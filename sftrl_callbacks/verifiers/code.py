@@ -45,9 +45,13 @@ class Outcome:
     reason: str
 
 
-class _TimedOut(BaseException):
-    """The completion's wall-clock budget ran out while its tests still ran: a BaseException, so a test's
-    `except Exception` cannot keep it going."""
+class _Stop(BaseException):
+    """The program failed in a way no test may accept (timed out, died, returned what is not plain data): a
+    BaseException, so a test's `except Exception` cannot take it for an exception the function raised."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def program_from(completion: str, prompt: str, entry_point: str) -> str:
@@ -156,13 +160,11 @@ class CodeVerifier:
     def _run_tests(self, tests: Any, function: SandboxedFunction, entry: str, prompt: str, deadline: float) -> Outcome:
         def candidate(*args: Any) -> Any:
             if time.time() > deadline:
-                raise _TimedOut
+                raise _Stop("timed out")
             try:
                 return function(*args)
             except SandboxError as err:
-                if "timed out" in str(err):
-                    raise _TimedOut from None
-                raise
+                raise _Stop(str(err)) from None
 
         try:
             if isinstance(tests, str):
@@ -177,10 +179,8 @@ class CodeVerifier:
                 for pair in tests:
                     if candidate(*pair["input"]) != pair["output"]:
                         return Outcome(False, f"wrong output for input {pair['input']!r}"[:300])
-        except _TimedOut:
-            return Outcome(False, "timed out")
-        except SandboxError as err:
-            return Outcome(False, str(err))
+        except _Stop as stop:
+            return Outcome(False, stop.reason)
         except AssertionError as err:
             return Outcome(False, f"assertion failed{': ' + str(err) if str(err) else ''}"[:300])
         except Exception as err:  # noqa: BLE001 - an error the function raised into the tests, or a wrong type
