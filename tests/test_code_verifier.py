@@ -65,6 +65,10 @@ def test_the_program_is_the_fenced_block_or_the_continuation():
     assert program_from(whole, prompt, "f") == prompt + "\n\ndef f(x):\n    return sum(x)\n"
     body = "```\n    return sum(x)\n```"
     assert program_from(body, prompt, "f") == prompt + "    return sum(x)\n"
+    stops = ("\ndef ", "\n#")
+    assert program_from("    return sum(x)\n\ndef ", prompt, "f", stops) == prompt + "    return sum(x)\n"
+    assert program_from("    return sum(x)\n#", prompt, "f", stops) == prompt + "    return sum(x)"
+    assert program_from("    return sum(x)  # ok\n", prompt, "f", stops) == prompt + "    return sum(x)  # ok\n"
     cut = "```python\ndef f(x):\n    return sum("  # the completion ran out of tokens inside the block
     assert program_from(cut, prompt, "f").endswith("return sum(")
 

@@ -14,7 +14,8 @@ What a row holds (column names are options):
 
 The program: the first fenced code block of the completion when there is one (the prompt is put before it when the
 block defines the function, so the prompt's imports and helpers are there; the block is read as a continuation of
-the prompt otherwise), else the prompt followed by the completion (a continuation, as base models write code).
+the prompt otherwise), else the prompt followed by the completion (a continuation, as base models write code),
+without the stop string that ended it.
 
 Arguments and results cross as plain data (numbers, strings, bytes, lists, tuples, dicts, sets, None, bools, NaN
 and infinities kept as they are). A test that needs the program's own types (an instance of a class it defines) or
@@ -54,10 +55,19 @@ class _Stop(BaseException):
         self.reason = reason
 
 
-def program_from(completion: str, prompt: str, entry_point: str) -> str:
-    """The program a completion stands for (see the module doc)."""
+# The Codex paper's stop sequences for sampling a function body (the sampler keeps the one that ended a completion).
+CODEX_STOP_STRINGS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+
+
+def program_from(completion: str, prompt: str, entry_point: str, stop_strings: Sequence[str] = ()) -> str:
+    """The program a completion stands for (see the module doc); a continuation that ends with one of
+    `stop_strings` is read without it (it is where sampling stopped, not code)."""
     fenced = FENCE.search(completion)
     if fenced is None:
+        for stop in stop_strings:
+            if stop and completion.endswith(stop):
+                completion = completion[: -len(stop)]
+                break
         return prompt + completion
     block = fenced.group(1)
     if re.search(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", block, re.MULTILINE):
@@ -82,7 +92,8 @@ class CodeVerifier:
     once; `isolation`: "strict" (Landlock + seccomp + namespaces where available; fails closed without Landlock)
     or "process" (process limits and seccomp only, chosen knowingly); `check_canonical`: run each row's
     `canonical_solution`, where it has one, once per problem set at construction, and refuse a set whose own
-    solution fails its tests."""
+    solution fails its tests; `stop_strings`: what a continuation that ended on one is read without (sampling keeps
+    the stop string; the default is the Codex paper's list: give your sampling's own)."""
 
     bounded = True  # each completion has its own wall clock, enforced from here
 
@@ -97,6 +108,7 @@ class CodeVerifier:
         workers: int = 2,
         isolation: str = "strict",
         check_canonical: bool = True,
+        stop_strings: Sequence[str] = CODEX_STOP_STRINGS,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ValueError(f"CodeVerifier isolation={isolation!r}: use one of {ISOLATIONS}.")
@@ -106,6 +118,7 @@ class CodeVerifier:
         self.code_prompt_column, self.prompt_column = code_prompt_column, prompt_column
         self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
         self.isolation, self.check_canonical = isolation, check_canonical
+        self.stop_strings = tuple(stop_strings)
         self.layers = probe_isolation(isolation)  # fails closed, in one line, before any completion is graded
 
     @property
@@ -151,7 +164,11 @@ class CodeVerifier:
         deadline = time.time() + self.timeout_s
         try:
             with SandboxedFunction(
-                program_from(completion, prompt, entry), entry, deadline, self.memory_mb, self.isolation
+                program_from(completion, prompt, entry, self.stop_strings),
+                entry,
+                deadline,
+                self.memory_mb,
+                self.isolation,
             ) as function:
                 return self._run_tests(tests, function, entry, prompt, deadline)
         except SandboxError as err:
