@@ -70,7 +70,14 @@ class HumanEvalSplits:
 def humaneval_splits(n_heldout: int = 82, style: str = "continuation") -> HumanEvalSplits:
     """Prompt-completion rows (the header, then the canonical body) for SFT, and problem rows for pass@k."""
     problems, rows = load_humaneval(style), humaneval_rows()
-    pairs = Dataset.from_list([{"prompt": r["prompt"], "completion": r["canonical_solution"]} for r in rows])
+    if style == "continuation":
+        # The header without its last newline, which starts the completion: "\n    " is one token, so a prompt
+        # ending in "\n" would not be a prefix of prompt + completion once tokenized (TRL warns, and trains on
+        # another context than the one it is sampled in).
+        problems = problems.map(lambda row: {"prompt": row["prompt"].removesuffix("\n")})
+    pairs = Dataset.from_list(
+        [{"prompt": r["prompt"].removesuffix("\n"), "completion": "\n" + r["canonical_solution"]} for r in rows]
+    )
     if style == "chat":
         pairs = Dataset.from_list(
             [{"prompt": p["prompt"], "completion": [{"role": "assistant", "content": _fenced(r)}]}

@@ -144,6 +144,9 @@ def test_humaneval_splits_keep_the_measured_problems_out_of_training():
     measured = set(splits.heldout_problems["code_prompt"])
     assert not measured & set(splits.train["prompt"])
     assert splits.heldout_problems[0]["task_id"] == "HumanEval/0"
+    # The header's last newline starts the completion, in training and in sampling alike ("\n    " is one BPE token).
+    assert not any(p.endswith("\n") for p in list(splits.train["prompt"]) + list(splits.heldout_problems["prompt"]))
+    assert all(c.startswith("\n") for c in list(splits.train["completion"]))
 
 
 NO_LANDLOCK = """
