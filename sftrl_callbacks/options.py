@@ -121,7 +121,8 @@ def reference_page() -> str:
 
 
 def registry_tables() -> str:
-    """The built-in verifiers and samplers by name, with the options `verifier_options` / `sampler_options` take."""
+    """The library's verifiers and samplers by name, with the options `verifier_options` / `sampler_options` take
+    (names registered from outside the library are left out, so the page does not depend on what else is imported)."""
     import inspect
 
     from . import toy  # noqa: F401  (registers "toy-steps")
@@ -137,6 +138,8 @@ def registry_tables() -> str:
     for kind, registry, resolve in (("verifier", VERIFIERS, VERIFIERS.get), ("sampler", SAMPLERS, sampler_factory)):
         for name in sorted(registry):
             factory = resolve(name)
+            if not factory.__module__.startswith("sftrl_callbacks."):
+                continue  # registered by the user's code (or a test): not part of the library's reference
             options = [
                 f"`{p.name}` ({p.default!r})" if p.default is not inspect.Parameter.empty else f"`{p.name}`"
                 for p in inspect.signature(factory).parameters.values()
