@@ -35,9 +35,12 @@ def load_humaneval(style: str = "chat", num_problems: int | None = None) -> Data
     message asking for the whole function in a code block, `style="chat"`), `code_prompt` (the header, whose
     imports and helpers the program and the tests get), `test`, `entry_point`, `canonical_solution`, `task_id`,
     and `answer` (the canonical body, for reports)."""
+    return Dataset.from_list(_problem_rows(humaneval_rows()[:num_problems], style))
+
+
+def _problem_rows(rows: list[dict[str, Any]], style: str) -> list[dict[str, Any]]:
     if style not in ("chat", "continuation"):
         raise ValueError(f"style={style!r}: use 'chat' or 'continuation'.")
-    rows = humaneval_rows()[:num_problems]
     out = []
     for row in rows:
         prompt: Any = row["prompt"]
@@ -54,7 +57,7 @@ def load_humaneval(style: str = "chat", num_problems: int | None = None) -> Data
                 "answer": row["canonical_solution"],
             }
         )
-    return Dataset.from_list(out)
+    return out
 
 
 @dataclass
@@ -69,7 +72,8 @@ class HumanEvalSplits:
 
 def humaneval_splits(n_heldout: int = 82, style: str = "continuation") -> HumanEvalSplits:
     """Prompt-completion rows (the header, then the canonical body) for SFT, and problem rows for pass@k."""
-    problems, rows = load_humaneval(style), humaneval_rows()
+    rows = humaneval_rows()
+    problems = Dataset.from_list(_problem_rows(rows, style))
     if style == "continuation":
         # The header without its last newline, which starts the completion: "\n    " is one token, so a prompt
         # ending in "\n" would not be a prefix of prompt + completion once tokenized (TRL warns, and trains on

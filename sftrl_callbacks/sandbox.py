@@ -68,16 +68,20 @@ class SandboxedFunction:
         self._workdir = tempfile.mkdtemp(prefix="sftrl-sandbox-")
         os.chmod(self._workdir, 0o755)  # `nobody` may stand in it; Landlock keeps it from writing there
         cpu_s = max(1, int(deadline - time.time()) + 1)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", sandbox_child.__file__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=self._workdir,
-            env={},
-            close_fds=True,
-            start_new_session=True,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", sandbox_child.__file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                cwd=self._workdir,
+                env={},
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError:  # no process to close(): the folder goes here
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise
         setup = {
             "program": program,
             "entry_point": entry_point,

@@ -138,3 +138,22 @@ def logged_run(tmp_path_factory, tokenizer, splits):
         )
         trainer.train()
     return tmp_path, trainer
+
+
+def tiny_config_fields(tokenizer, **overrides) -> dict:
+    """Config fields of a tiny random decoder (2 layers, hidden 64) for `tokenizer`'s vocabulary."""
+    return (
+        dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+        | overrides
+    )

@@ -5,6 +5,8 @@ import torch
 
 from sftrl_callbacks import HFSampler, SamplingParams
 
+from .conftest import tiny_config_fields
+
 
 @pytest.mark.parametrize("static", [False, True])
 def test_greedy_matches_generate_across_prompt_lengths(trained, tokenizer, splits, static):
@@ -53,25 +55,6 @@ def test_chat_prompts_use_the_template(trained, tokenizer):
     assert plain == chat
 
 
-def _tiny_config_fields(tokenizer, **overrides) -> dict:
-    """Config fields of a tiny random decoder (2 layers, hidden 64) for `tokenizer`'s vocabulary."""
-    return (
-        dict(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            max_position_embeddings=256,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
-        | overrides
-    )
-
-
 def _family_models(tokenizer):
     """Tiny random Qwen2-, Qwen3- and Mistral-style models (grouped-query attention; Mistral with a
     sliding window shorter than the sequences) and the toy Llama wrapped in a LoRA adapter."""
@@ -86,7 +69,7 @@ def _family_models(tokenizer):
 
     from sftrl_callbacks.toy import build_model
 
-    common = _tiny_config_fields(tokenizer, num_key_value_heads=2)
+    common = tiny_config_fields(tokenizer, num_key_value_heads=2)
     builders = {
         "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**common)),
         "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)),
@@ -263,7 +246,7 @@ def test_stop_strings_across_byte_level_bpe_tokens_match_generate(splits, static
     tokenizer = _byte_level_bpe(splits)
     assert "Ġ12" in tokenizer.convert_ids_to_tokens(tokenizer(" 12+3")["input_ids"])  # multi-character tokens
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**_tiny_config_fields(tokenizer))).eval()
+    model = LlamaForCausalLM(LlamaConfig(**tiny_config_fields(tokenizer))).eval()
     prompts = list(splits.heldout_problems["prompt"][:4])
     generated = []
     for prompt in prompts:

@@ -22,7 +22,7 @@ from sftrl_callbacks.io import read_jsonl  # noqa: E402
 from sftrl_callbacks.measure import PassAtKConfig, load_result, measure_pass_at_k  # noqa: E402
 from sftrl_callbacks.verifiers import AnswerVerifier  # noqa: E402
 from tests import tracker_readback  # noqa: E402
-from tests.conftest import make_trainer  # noqa: E402
+from tests.conftest import make_trainer, tiny_config_fields  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 # The toy model's context; no graph capture on CPU; a KV cache of 512 MiB each, so that the three engines of one
@@ -262,17 +262,7 @@ def test_a_head_size_the_cpu_engine_cannot_run_is_refused_before_step_1(tmp_path
     with one line, before any step, and no engine is started."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = Qwen2Config(**tiny_config_fields(tokenizer, num_key_value_heads=2))  # hidden 64, 4 heads
     passk = PassAtKCallback(splits.heldout_problems, sampler="vllm", sampler_options=ENGINE, n=1, temperature=0.0)
     trainer = make_trainer(tmp_path, tokenizer, splits.train, [passk], max_steps=5, model=Qwen2ForCausalLM(config))
     with pytest.raises(ValueError, match="CPU attention has no kernel for attention heads of 16 dimensions") as err:
